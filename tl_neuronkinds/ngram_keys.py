@@ -1,0 +1,102 @@
+"""Exact sparse counting of n-grams and (n-gram, neuron) pairs as sorted int64 keys.
+
+Glossary of axis names: ``batch pos`` index token positions, ``d_mlp`` neurons, ``k`` entries of
+a sparse count table, ``g`` distinct n-grams.
+
+An n-gram ``(x[p-n+1], ..., x[p])`` over a vocabulary of ``d_vocab`` tokens gets the id
+``sum_j x[p-n+1+j] * d_vocab**(n-1-j)`` (the n-gram read as a number in base ``d_vocab``), and
+the pair (n-gram g, neuron i) the key ``g * d_mlp + i``. For OPT's 50,272 tokens and ``d_mlp``
+up to 36,864 a trigram key stays below 2**63, so every count is kept exactly in one int64 key
+(DESIGN.md, "Exact n-gram counts at scale"). A sparse table is a pair of tensors (sorted unique
+keys, positive counts); tables merge by concatenation and a sort.
+"""
+
+import torch
+from jaxtyping import Int
+
+from tl_neuronkinds.errors import NeuronKindsError
+
+_INT64_MAX = 2**63 - 1
+
+
+def check_key_space(n: int, d_vocab: int, d_mlp: int) -> None:
+    """Raise NeuronKindsError where (n-gram, neuron) keys would not fit in int64."""
+    if d_vocab**n * d_mlp > _INT64_MAX:
+        raise NeuronKindsError(
+            f"{n}-gram keys over a vocabulary of {d_vocab} and d_mlp={d_mlp} do not fit in "
+            "int64; lower ngram_max"
+        )
+
+
+def ngram_ids(
+    tokens: Int[torch.Tensor, "batch pos"], n: int, d_vocab: int
+) -> Int[torch.Tensor, "batch pos"]:
+    """Id of the n-gram ending at each position; -1 where it is undefined (``p - n + 1 < 0``)."""
+    ids = tokens.clone()
+    for j in range(1, n):
+        ids[:, j:] += tokens[:, :-j] * d_vocab**j
+    ids[:, : n - 1] = -1
+    return ids
+
+
+def split_ngram_ids(ids: Int[torch.Tensor, " g"], n: int, d_vocab: int) -> Int[torch.Tensor, "g n"]:
+    """Token ids of each n-gram id, first token first (the inverse of ``ngram_ids``)."""
+    parts = []
+    rest = ids.clone()
+    for _ in range(n):
+        parts.append(rest % d_vocab)
+        rest = rest // d_vocab
+    return torch.stack(parts[::-1], dim=-1)
+
+
+def merge_tables(
+    keys: list[Int[torch.Tensor, " k"]], counts: list[Int[torch.Tensor, " k"]]
+) -> tuple[Int[torch.Tensor, " k"], Int[torch.Tensor, " k"]]:
+    """Merge sparse count tables into one: sorted unique keys, counts summed per key."""
+    if len(keys) == 1:
+        return keys[0], counts[0]
+    all_keys = torch.cat(keys)
+    all_counts = torch.cat(counts)
+    unique, inverse = torch.unique(all_keys, sorted=True, return_inverse=True)
+    summed = torch.zeros(unique.shape[0], dtype=torch.int64, device=unique.device)
+    summed.scatter_add_(0, inverse, all_counts.to(torch.int64))
+    return unique, summed
+
+
+class SparseCounter:
+    """A growing sparse count table with amortised merging.
+
+    Batches append sorted runs; runs are merged into the table once their total size passes the
+    table's (a log-structured merge), so each key is re-sorted O(log(total)) times overall.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        self._keys: Int[torch.Tensor, " k"] = empty
+        self._counts: Int[torch.Tensor, " k"] = empty.clone()
+        self._pending_keys: list[torch.Tensor] = []
+        self._pending_counts: list[torch.Tensor] = []
+        self._pending_size = 0
+
+    def add(self, keys: Int[torch.Tensor, " k"], counts: Int[torch.Tensor, " k"]) -> None:
+        """Add a run of (key, count) pairs (keys unique within the run)."""
+        if keys.numel() == 0:
+            return
+        self._pending_keys.append(keys)
+        self._pending_counts.append(counts.to(torch.int64))
+        self._pending_size += keys.numel()
+        if self._pending_size > max(self._keys.numel(), 1 << 20):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_keys:
+            return
+        self._keys, self._counts = merge_tables(
+            [self._keys, *self._pending_keys], [self._counts, *self._pending_counts]
+        )
+        self._pending_keys, self._pending_counts, self._pending_size = [], [], 0
+
+    def table(self) -> tuple[Int[torch.Tensor, " k"], Int[torch.Tensor, " k"]]:
+        """The merged table as CPU int64 tensors (sorted keys, counts)."""
+        self._flush()
+        return self._keys.cpu(), self._counts.cpu()
