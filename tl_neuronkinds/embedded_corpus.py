@@ -37,13 +37,16 @@ arithmetic  FILL       FILL                     FILL
 """
 
 import ast
+import contextlib
 import functools
+import gc
 import hashlib
 import heapq
 import os
 import random
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -176,24 +179,46 @@ def _interleave(streams: list[list[EmbeddedDocument]]) -> list[EmbeddedDocument]
     return merged
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: building creates millions of short-lived objects
+    (AST nodes, documents) that would trigger it over and over and double the build time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_documents() -> tuple[tuple[EmbeddedDocument, ...], tuple[EmbeddedDocument, ...]]:
+    """The code and prose documents, in sorted-path order (then pydoc topics by name)."""
+    code, prose = [], []
+    with _gc_paused():
+        for rel, source in _stdlib_sources():
+            code.append(EmbeddedDocument("code", rel, source))
+            docs = _module_docs(rel, source)
+            if docs is not None:
+                prose.append(EmbeddedDocument("prose", rel, docs))
+    prose.extend(EmbeddedDocument("prose", f"topic:{k}", v) for k, v in _pydoc_topics())
+    return tuple(code), tuple(prose)
+
+
 @functools.lru_cache(maxsize=4)
 def embedded_documents(seed: int) -> tuple[EmbeddedDocument, ...]:
     """All documents of the embedded corpus for ``seed``, in stream order, both splits.
 
     Cached in memory per process (the standard library does not change while it runs).
     """
-    code, prose = [], []
-    for rel, source in _stdlib_sources():
-        code.append(EmbeddedDocument("code", rel, source))
-        docs = _module_docs(rel, source)
-        if docs is not None:
-            prose.append(EmbeddedDocument("prose", rel, docs))
-    prose.extend(EmbeddedDocument("prose", f"topic:{k}", v) for k, v in _pydoc_topics())
+    code, prose = (list(docs) for docs in _stdlib_documents())
     rng = random.Random(seed)
-    arithmetic = [
-        EmbeddedDocument("arithmetic", f"arithmetic:{i}", arithmetic_problem(rng))
-        for i in range(N_ARITHMETIC)
-    ]
+    with _gc_paused():
+        arithmetic = [
+            EmbeddedDocument("arithmetic", f"arithmetic:{i}", arithmetic_problem(rng))
+            for i in range(N_ARITHMETIC)
+        ]
     order = random.Random(f"tl_neuronkinds.embedded.order:{seed}")
     order.shuffle(code)
     order.shuffle(prose)
