@@ -52,14 +52,14 @@ class Corpus:
     Empty and whitespace-only documents are skipped and counted in ``n_empty_skipped``.
 
     Args:
-        documents: the document strings, in order.
+        documents: the document strings, in order (checked here: anything else raises).
         description: where the documents came from; stored in profiles as metadata.
 
     Raises:
         NeuronKindsError: a document is not a string, or no non-empty document remains.
     """
 
-    def __init__(self, documents: Iterable[str], description: str) -> None:
+    def __init__(self, documents: Iterable[object], description: str) -> None:
         kept, empty = [], 0
         for index, doc in enumerate(documents):
             if not isinstance(doc, str):
@@ -95,7 +95,7 @@ class Corpus:
     # ----------------------------------------------------------------------------- sources
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], description: str | None = None) -> "Corpus":
+    def from_texts(cls, texts: Iterable[object], description: str | None = None) -> "Corpus":
         """A corpus of the given strings, one document each, in order."""
         texts = list(texts) if not isinstance(texts, str) else [texts]
         return cls(texts, description or f"texts(n={len(texts)})")

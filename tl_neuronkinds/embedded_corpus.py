@@ -18,22 +18,27 @@ Within a domain the documents are shuffled with a generator seeded by ``seed``; 
 then merged in proportion to their characters, so every prefix of the stream (what
 ``tokenize(..., n_tokens=N)`` takes) has about the same mixture as the whole.
 
-Split: a document is **held out** iff the first 8 bytes of ``blake2b(key)`` taken as an
-integer are ``0 mod 20`` (5%), where the key is the stdlib path (``"json/decoder.py"``) for a
+Split: a document is **held out** iff ``blake2b(key, digest_size=8)``, read as a big-endian
+integer, is ``0 mod 20`` (5%), where the key is the stdlib path (``"json/decoder.py"``) for a
 module's code and its docstrings alike (so a module's docstrings never leak from the training
 split into the held-out one), ``"topic:<name>"`` for a pydoc topic and ``"arithmetic:<i>"``
 for the i-th arithmetic problem. The split depends on neither the seed nor the order.
 
-Sizes on CPython 3.11.7, seed 0 (OPT tokenizer; the separators between documents add one
-token per document on top):
+Sizes on CPython 3.11.7, seed 0, counted with OPT's tokenizer (documents encoded one by one
+without special tokens; packing adds at most one separator per document on top):
 
-==========  =========  ======================  =====================
-domain      documents  characters               OPT tokens
-==========  =========  ======================  =====================
-code        FILL       FILL                     FILL
-prose       FILL       FILL                     FILL
-arithmetic  FILL       FILL                     FILL
-==========  =========  ======================  =====================
+==========  =================  ==================  ==================
+domain      documents          characters          OPT tokens
+==========  =================  ==================  ==================
+code            730  (0.5%)    11,361,369 (55.9%)   5,243,112 (63.7%)
+prose           724  (0.5%)     2,538,628 (12.5%)     745,517  (9.1%)
+arithmetic  150,000 (99.0%)     6,424,662 (31.6%)   2,242,972 (27.2%)
+all         151,454            20,324,659           8,231,601
+train       143,886            19,351,361           7,854,829
+heldout       7,568               973,298             376,772
+==========  =================  ==================  ==================
+
+Other Python versions ship other standard libraries, hence other (similar) sizes.
 """
 
 import ast
