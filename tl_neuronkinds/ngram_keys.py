@@ -50,7 +50,7 @@ def split_ngram_ids(ids: Int[torch.Tensor, " g"], n: int, d_vocab: int) -> Int[t
 
 
 def merge_tables(
-    keys: list[Int[torch.Tensor, " k"]], counts: list[Int[torch.Tensor, " k"]]
+    keys: list[Int[torch.Tensor, " _k"]], counts: list[Int[torch.Tensor, " _k"]]
 ) -> tuple[Int[torch.Tensor, " k"], Int[torch.Tensor, " k"]]:
     """Merge sparse count tables into one: sorted unique keys, counts summed per key."""
     if len(keys) == 1:

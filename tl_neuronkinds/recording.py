@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from tl_neuronkinds.accumulate import ProfileBuilder
@@ -130,8 +130,11 @@ class NeuronRecorder:
         return self._builder.ngram_max
 
     @contextmanager
-    def recording(self, tokens: Int[torch.Tensor, "batch pos"]) -> Iterator["NeuronRecorder"]:
-        """Hook the model while the block runs; count the forwards made on ``tokens``."""
+    def recording(self, tokens: torch.Tensor) -> Iterator["NeuronRecorder"]:
+        """Hook the model while the block runs; count the forwards made on ``tokens``.
+
+        ``tokens`` is ``Int[batch pos]`` (checked here, with a NeuronKindsError where it is not).
+        """
         check_tokens(tokens, self.model, self._builder.bos_token_id)
         state: dict[str, Any] = {"ctx": None, "calls": dict.fromkeys(self.layers, 0)}
         hooks = [
@@ -225,7 +228,7 @@ def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
 
 def record(
     model: Any,
-    tokens: Int[torch.Tensor, "n_seq pos"],
+    tokens: torch.Tensor,
     layers: list[int] | None = None,
     threshold: float = 0.0,
     ngram_max: int = 3,
@@ -242,7 +245,8 @@ def record(
 
     Args:
         model: A HookedTransformer or TransformerBridge (e.g. from ``load_opt``).
-        tokens: ``[n_seq, seq_len]`` with BOS at position 0 of every row.
+        tokens: ``Int[n_seq pos]`` with BOS at position 0 of every row (checked, with a
+            NeuronKindsError where it is not).
         layers, threshold, ngram_max: As for ``NeuronRecorder``.
         batch_size: Sequences per forward (default: about 64k tokens on a GPU, 16k on a CPU).
         corpus: A description of the corpus, stored with the profile.

@@ -1,0 +1,269 @@
+"""NeuronRecorder, record() and NeuronProfile against a brute-force count of raw activations."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import tl_neuronkinds as nk
+from tl_neuronkinds.ngram_keys import ngram_ids, split_ngram_ids
+
+BOS = 2
+D_VOCAB = 40
+
+
+def tiny_model(seed: int = 0, act_fn: str = "relu") -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=3, d_model=16, d_mlp=24, d_head=4, n_heads=4, n_ctx=24, d_vocab=D_VOCAB,
+        act_fn=act_fn, normalization_type="LN", seed=seed,
+    )  # fmt: skip
+    return HookedTransformer(cfg)
+
+
+def random_tokens(seed: int, n_seq: int = 5, seq_len: int = 12, vocab: int = 8) -> torch.Tensor:
+    """Few distinct tokens so n-grams repeat; BOS at column 0 and some separators inside."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (n_seq, seq_len), generator=g)
+    tokens[:, 0] = BOS
+    return tokens
+
+
+def brute_force(tokens: torch.Tensor, acts: torch.Tensor, threshold: float = 0.0) -> dict:
+    """Plain loops over one layer's raw activations: every count the profile holds."""
+    n_seq, seq_len, d_mlp = acts.shape
+    out = {
+        "active": [0] * d_mlp,
+        "active_text": [0] * d_mlp,
+        "ngrams": {1: Counter(), 2: Counter(), 3: Counter()},
+    }
+    out["occ"] = {1: Counter(), 2: Counter(), 3: Counter()}
+    out["pos"] = [[0] * d_mlp for _ in range(seq_len)]
+    out["pos_seqs"] = [0] * seq_len
+    for s in range(n_seq):
+        for p in range(seq_len):
+            text = int(tokens[s, p]) != BOS
+            out["pos_seqs"][p] += text
+            grams = {
+                n: tuple(int(t) for t in tokens[s, p - n + 1 : p + 1])
+                for n in (1, 2, 3)
+                if p - n + 1 >= 0
+            }
+            if text:
+                for n, g in grams.items():
+                    out["occ"][n][g] += 1
+            for i in range(d_mlp):
+                if float(acts[s, p, i]) > threshold:
+                    out["active"][i] += 1
+                    if text:
+                        out["active_text"][i] += 1
+                        out["pos"][p][i] += 1
+                        for n, g in grams.items():
+                            out["ngrams"][n][(g, i)] += 1
+    return out
+
+
+def table(profile: nk.NeuronProfile, layer: int, n: int) -> Counter:
+    c = profile.counts[layer]
+    grams = split_ngram_ids(c.ngram_keys[n] // profile.d_mlp, n, profile.d_vocab).tolist()
+    neurons = (c.ngram_keys[n] % profile.d_mlp).tolist()
+    return Counter(
+        {(tuple(g), i): v for g, i, v in zip(grams, neurons, c.ngram_counts[n].tolist())}
+    )
+
+
+def assert_matches(profile: nk.NeuronProfile, layer: int, ref: dict) -> None:
+    c = profile.counts[layer]
+    assert c.active.tolist() == ref["active"]
+    assert c.active_text.tolist() == ref["active_text"]
+    assert c.pos_active.tolist() == ref["pos"]
+    assert profile.pos_text_seqs.tolist() == ref["pos_seqs"]
+    for n in (1, 2, 3):
+        assert table(profile, layer, n) == ref["ngrams"][n]
+        ids = split_ngram_ids(profile.ngram_occ_ids[n], n, profile.d_vocab).tolist()
+        assert (
+            Counter({tuple(g): o for g, o in zip(ids, profile.ngram_occ_counts[n].tolist())})
+            == ref["occ"][n]
+        )
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000), batch_size=st.integers(1, 5), threshold=st.sampled_from([0.0, 0.1])
+)
+def test_record_equals_brute_force(seed: int, batch_size: int, threshold: float) -> None:
+    model = tiny_model(seed % 3)
+    tokens = random_tokens(seed)
+    tokens[seed % 5, 3 + seed % 7] = BOS  # a document separator sharing BOS's id
+    profile = nk.record(
+        model, tokens, threshold=threshold, batch_size=batch_size, bos_token_id=BOS, progress=False
+    )
+    _, cache = model.run_with_cache(tokens)
+    assert profile.n_seqs == 5 and profile.n_positions == 60
+    assert profile.n_text_positions == int((tokens != BOS).sum())
+    for layer in range(3):
+        assert_matches(
+            profile, layer, brute_force(tokens, cache[f"blocks.{layer}.mlp.hook_post"], threshold)
+        )
+
+
+def test_ngram_ids_round_trip() -> None:
+    tokens = torch.tensor([[2, 5, 39, 0, 7]])
+    for n in (1, 2, 3):
+        ids = ngram_ids(tokens, n, D_VOCAB)
+        assert (ids[0, : n - 1] == -1).all()
+        back = split_ngram_ids(ids[0, n - 1 :], n, D_VOCAB)
+        expected = torch.stack([tokens[0, p - n + 1 : p + 1] for p in range(n - 1, 5)])
+        assert torch.equal(back, expected)
+
+
+def test_recorder_beside_user_hooks_and_layer_subset() -> None:
+    model = tiny_model()
+    tokens = random_tokens(1)
+    seen = []
+    recorder = nk.NeuronRecorder(model, layers=[2, 0], bos_token_id=BOS)
+    with recorder.recording(tokens):
+        model.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.1.mlp.hook_post", lambda x, hook: seen.append(x.shape))]
+        )
+    assert seen == [torch.Size([5, 12, 24])]
+    assert not model.hook_dict["blocks.0.mlp.hook_post"].fwd_hooks  # removed on exit
+    profile = recorder.profile()
+    assert profile.layers == [0, 2]
+    _, cache = model.run_with_cache(tokens)
+    assert_matches(profile, 2, brute_force(tokens, cache["blocks.2.mlp.hook_post"]))
+
+
+def test_two_forwards_count_twice_and_merge_is_exact(tmp_path) -> None:
+    model = tiny_model()
+    a, b = random_tokens(2), random_tokens(3)
+    whole = nk.record(model, torch.cat([a, b]), bos_token_id=BOS, progress=False)
+    pa = nk.record(model, a, bos_token_id=BOS, progress=False)
+    pb = nk.record(model, b, bos_token_id=BOS, progress=False)
+    pb.save(tmp_path / "b")
+    merged = nk.NeuronProfile.merge([pa, nk.NeuronProfile.load(tmp_path / "b")])
+    assert_same(merged, whole)
+    recorder = nk.NeuronRecorder(model, bos_token_id=BOS)
+    with recorder.recording(a):
+        model(a)
+        model(a)
+    twice = recorder.profile()
+    assert_same(twice, nk.NeuronProfile.merge([pa, pa]))
+
+
+def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile) -> None:
+    assert (x.n_seqs, x.n_positions, x.n_text_positions) == (
+        y.n_seqs,
+        y.n_positions,
+        y.n_text_positions,
+    )
+    assert torch.equal(x.pos_text_seqs, y.pos_text_seqs)
+    for n in range(1, x.ngram_max + 1):
+        assert torch.equal(x.ngram_occ_ids[n], y.ngram_occ_ids[n])
+        assert torch.equal(x.ngram_occ_counts[n], y.ngram_occ_counts[n])
+    for layer in x.layers:
+        cx, cy = x.counts[layer], y.counts[layer]
+        for name in ("active", "active_text", "pos_active"):
+            assert torch.equal(getattr(cx, name), getattr(cy, name))
+        for n in range(1, x.ngram_max + 1):
+            assert torch.equal(cx.ngram_keys[n], cy.ngram_keys[n])
+            assert torch.equal(cx.ngram_counts[n], cy.ngram_counts[n])
+
+
+def test_save_load_round_trip_and_atomic_replace(tmp_path) -> None:
+    model = tiny_model()
+    profile = nk.record(
+        model, random_tokens(4), ngram_max=2, bos_token_id=BOS, corpus="unit", progress=False
+    )
+    target = tmp_path / "p"
+    profile.save(target)
+    profile.save(target)  # replacing an existing profile
+    loaded = nk.NeuronProfile.load(target)
+    assert_same(loaded, profile)
+    assert loaded.meta["corpus"] == "unit" and loaded.meta["package_version"] == nk.__version__
+    assert loaded.token_strings == profile.token_strings
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]  # no temp dirs left
+
+
+def test_bad_profiles_raise(tmp_path) -> None:
+    profile = nk.record(tiny_model(), random_tokens(5), bos_token_id=BOS, progress=False)
+    profile.save(tmp_path / "p")
+    with pytest.raises(nk.NeuronKindsError, match="no profile"):
+        nk.NeuronProfile.load(tmp_path / "missing")
+    header = json.loads((tmp_path / "p" / "profile.json").read_text())
+    header["format_version"] = 99
+    (tmp_path / "p" / "profile.json").write_text(json.dumps(header))
+    with pytest.raises(nk.NeuronKindsError, match="newer"):
+        nk.NeuronProfile.load(tmp_path / "p")
+    header["format_version"] = 1
+    (tmp_path / "p" / "profile.json").write_text(json.dumps(header))
+    (tmp_path / "p" / "counts.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(nk.NeuronKindsError, match="corrupt"):
+        nk.NeuronProfile.load(tmp_path / "p")
+    (tmp_path / "p" / "profile.json").write_text("{")
+    with pytest.raises(nk.NeuronKindsError, match="corrupt"):
+        nk.NeuronProfile.load(tmp_path / "p")
+
+
+def test_merge_refuses_different_settings() -> None:
+    model = tiny_model()
+    tokens = random_tokens(6)
+    base = nk.record(model, tokens, bos_token_id=BOS, progress=False)
+    other_threshold = nk.record(model, tokens, threshold=0.5, bos_token_id=BOS, progress=False)
+    other_len = nk.record(model, tokens[:, :10], bos_token_id=BOS, progress=False)
+    other_model = nk.record(
+        tiny_model(act_fn="gelu"), tokens, threshold=0.0, bos_token_id=BOS, progress=False
+    )
+    for other, what in (
+        (other_threshold, "threshold"),
+        (other_len, "seq_len"),
+        (other_model, "different models"),
+    ):
+        with pytest.raises(nk.NeuronKindsError, match=what):
+            nk.NeuronProfile.merge([base, other])
+    with pytest.raises(nk.NeuronKindsError):
+        nk.NeuronProfile.merge([])
+
+
+def test_bad_tokens_and_layers_raise() -> None:
+    model = tiny_model()
+    good = random_tokens(7)
+    no_bos = good.clone()
+    no_bos[3, 0] = 5
+    with pytest.raises(nk.NeuronKindsError, match="row 3"):
+        nk.record(model, no_bos, bos_token_id=BOS, progress=False)
+    out_of_vocab = good.clone()
+    out_of_vocab[1, 4] = D_VOCAB
+    with pytest.raises(nk.NeuronKindsError, match="vocabulary|\\[0, 40\\)"):
+        nk.record(model, out_of_vocab, bos_token_id=BOS, progress=False)
+    with pytest.raises(nk.NeuronKindsError, match="layers"):
+        nk.NeuronRecorder(model, layers=[3], bos_token_id=BOS)
+    with pytest.raises(nk.NeuronKindsError, match="context"):
+        nk.record(model, torch.full((1, 30), BOS), bos_token_id=BOS, progress=False)
+    with pytest.raises(nk.NeuronKindsError, match="2-D"):
+        nk.record(model, good[0], bos_token_id=BOS, progress=False)
+    with pytest.raises(nk.NeuronKindsError, match="BOS id"):
+        nk.NeuronRecorder(model)  # no tokenizer, no bos_token_id
+
+
+def test_forward_that_stops_early_or_mismatched_tokens_is_refused() -> None:
+    model = tiny_model()
+    tokens = random_tokens(8)
+    recorder = nk.NeuronRecorder(model, bos_token_id=BOS)
+    with pytest.raises(nk.NeuronKindsError, match="unequally"):
+        with recorder.recording(tokens):
+            model(tokens, stop_at_layer=2)
+    with pytest.raises(nk.NeuronKindsError, match="inconsistent"):
+        recorder.profile()
+    recorder = nk.NeuronRecorder(model, bos_token_id=BOS)
+    with pytest.raises(nk.NeuronKindsError, match="do not match"):
+        with recorder.recording(tokens):
+            model(tokens[:2])
+
+
+def test_non_relu_warns() -> None:
+    with pytest.warns(UserWarning, match="not ReLU"):
+        nk.NeuronRecorder(tiny_model(act_fn="gelu"), bos_token_id=BOS)
