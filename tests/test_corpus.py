@@ -48,7 +48,9 @@ def expected_text_stream(tokenizer, docs: list[str], width: int) -> list[int]:
     for doc in docs:
         if len(stream) % width:
             stream.append(tokenizer.eos_token_id)
-        stream.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        stream.extend(
+            tokenizer(doc, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        )
     return stream
 
 
@@ -233,6 +235,12 @@ def test_opt_rows_decode_to_the_documents_in_order(opt_tokenizer):
     assert joined.startswith(text) and len(joined) - len(text) < 32 * 8  # only the last partial row
     stream = expected_text_stream(opt_tokenizer, docs, 31)
     assert rows[:, 1:].flatten().tolist() == stream[: rows.numel() - rows.shape[0]]
+
+
+def test_special_token_strings_in_documents_stay_text(opt_tokenizer):
+    rows = Corpus.from_texts(["a </s> b <s> c <pad>" * 8]).tokenize(opt_tokenizer, seq_len=16)
+    specials = torch.tensor(opt_tokenizer.all_special_ids)
+    assert not torch.isin(rows[:, 1:], specials).any()
 
 
 def test_n_tokens_takes_the_fewest_full_rows(byte_tokenizer):

@@ -15,7 +15,8 @@ turns any collection of documents into such rows:
 
 So the rows with their BOS column removed, concatenated, are exactly the documents' tokens
 (encoded one by one without special tokens), in order, joined by separators, less the
-separators that would fall at a row's first text position.
+separators that would fall at a row's first text position. Documents are encoded as plain
+text (``split_special_tokens=True``): a literal ``"</s>"`` in a document is text, never a BOS.
 """
 
 import array
@@ -33,11 +34,16 @@ import torch
 from jaxtyping import Int
 from tqdm import tqdm
 
+from tl_neuronkinds.embedded_corpus import embedded_split
 from tl_neuronkinds.errors import NeuronKindsError
 
+__all__ = ["Corpus"]
+
 _SPLITS = ("train", "heldout", "all")
-#: Documents encoded per call of the (fast, batch-parallel) tokenizer.
+#: At most this many documents, or this many characters, per call of the (fast,
+#: batch-parallel) tokenizer; bounds what is encoded past ``n_tokens``.
 _BATCH_DOCS = 512
+_BATCH_CHARS = 2_000_000
 #: A ``model_max_length`` at or above this is the "no limit" sentinel of transformers.
 _SANE_MAX_LENGTH = 1_000_000
 
@@ -103,7 +109,7 @@ class Corpus:
     @classmethod
     def from_files(
         cls,
-        paths_or_globs: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]",
+        paths_or_globs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         suffixes: Sequence[str] | None = None,
     ) -> "Corpus":
         """A corpus with one document per UTF-8 text file.
@@ -126,16 +132,16 @@ class Corpus:
         )
         if not specs:
             raise NeuronKindsError("Corpus.from_files: no paths given")
-        files: dict[Path, None] = {}
+        files: dict[Path, Path] = {}  # resolved -> as named, in order
         for spec in specs:
             for path in _expand(spec, suffixes):
-                files.setdefault(path, None)
-        docs = [_read_utf8(path) for path in files]
+                files.setdefault(path.resolve(), path)
+        docs = [_read_utf8(path) for path in files.values()]
         shown = ", ".join(os.fspath(s) for s in specs[:3]) + (", ..." if len(specs) > 3 else "")
         return cls(docs, f"files({shown}; {len(files)} files)")
 
     @classmethod
-    def from_jsonl(cls, path: "str | os.PathLike[str]", field: str = "text") -> "Corpus":
+    def from_jsonl(cls, path: str | os.PathLike[str], field: str = "text") -> "Corpus":
         """A corpus with one document per JSON Lines record, taken from ``record[field]``.
 
         Blank lines are ignored.
@@ -249,8 +255,6 @@ class Corpus:
             split: ``"train"``, ``"heldout"`` or ``"all"``.
             seed: seeds the arithmetic problems and the order of documents.
         """
-        from tl_neuronkinds.embedded_corpus import embedded_split
-
         if split not in _SPLITS:
             raise NeuronKindsError(
                 f"embedded corpus: split must be one of {_SPLITS}, not {split!r}"
@@ -265,6 +269,9 @@ class Corpus:
 
     def shard(self, rank: int, world_size: int) -> "Corpus":
         """Documents ``rank::world_size``: the shards of all ranks partition the documents.
+
+        A shard's ``n_empty_skipped`` is 0: skipped documents are counted by the corpus that
+        read them.
 
         Raises:
             NeuronKindsError: ``world_size < 1``, ``rank`` outside ``[0, world_size)``, or more
@@ -344,14 +351,17 @@ class Corpus:
             desc="tokenizing",
             disable=progress is False,
             delay=0 if progress else 2.0,
-            mininterval=0.1 if sys.stderr.isatty() else 10.0,
+            mininterval=0.1 if sys.stderr is not None and sys.stderr.isatty() else 10.0,
             file=sys.stderr,
         )
         with bar:
-            for start in range(0, len(self._docs), _BATCH_DOCS):
-                batch = self._docs[start : start + _BATCH_DOCS]
+            for batch in _batches(self._docs):
                 encoded = tokenizer(
-                    batch, add_special_tokens=False, return_attention_mask=False, verbose=False
+                    batch,
+                    add_special_tokens=False,
+                    split_special_tokens=True,
+                    return_attention_mask=False,
+                    verbose=False,
                 )["input_ids"]
                 before = len(text)
                 for ids in encoded:
@@ -371,6 +381,20 @@ class Corpus:
         body = torch.frombuffer(text, dtype=torch.long)[: n_rows * width].view(n_rows, width)
         bos_column = torch.full((n_rows, 1), bos, dtype=torch.long)
         return torch.cat([bos_column, body], dim=1)
+
+
+def _batches(docs: list[str]) -> Iterator[list[str]]:
+    """Consecutive runs of documents, each within ``_BATCH_DOCS`` and ``_BATCH_CHARS``."""
+    batch: list[str] = []
+    chars = 0
+    for doc in docs:
+        if batch and (len(batch) == _BATCH_DOCS or chars + len(doc) > _BATCH_CHARS):
+            yield batch
+            batch, chars = [], 0
+        batch.append(doc)
+        chars += len(doc)
+    if batch:
+        yield batch
 
 
 def _expand(spec: "str | os.PathLike[str]", suffixes: Sequence[str] | None) -> list[Path]:
