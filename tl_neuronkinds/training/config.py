@@ -1,0 +1,64 @@
+"""Settings of a training run, with defaults that reproduce the shipped embedded models."""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tl_neuronkinds.training.model import ModelShape
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """OPT's recipe (Zhang et al., 2022, §2.2) scaled down to a tiny model.
+
+    OPT trains with AdamW (β = 0.9, 0.95), weight decay 0.1, a linear warm-up then linear decay
+    to 10% of the peak learning rate, and gradient clipping at 1.0. The peak rate here is higher
+    than OPT-125m's 6e-4: the paper ties dead neurons to Adam at a high learning rate (§3), and a
+    tiny model trained for a few million tokens only shows them at such rates.
+
+    Attributes:
+        variant: ``"standard"`` or ``"nopos"`` (no positional encoding, paper §5.4).
+        shape: Model sizes.
+        n_tokens: Training tokens (counted as ``n_seq * seq_len``; a whole number of batches).
+        batch_size: Sequences per optimiser step.
+        peak_lr: Learning rate after warm-up.
+        final_lr_ratio: The rate decays linearly to ``peak_lr * final_lr_ratio``.
+        warmup_frac: Fraction of the steps spent warming up linearly from 0.
+        weight_decay: AdamW weight decay on matrices (not on biases, LayerNorm or embeddings'
+            positional table in the nopos variant, which is frozen).
+        betas: AdamW betas.
+        grad_clip: Maximum global gradient norm.
+        dropout: Residual dropout.
+        seed: Seeds initialisation, data order and dropout.
+        tokenizer_docs: Train the tokenizer on the first this many training documents (None:
+            all of them).
+        heldout_tokens: Held-out tokens on which the final loss is measured.
+        log_every: Steps between loss-curve points.
+    """
+
+    variant: str = "standard"
+    shape: ModelShape = field(default_factory=ModelShape)
+    n_tokens: int = 1_433_600
+    batch_size: int = 8
+    peak_lr: float = 5e-3
+    final_lr_ratio: float = 0.1
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    seed: int = 0
+    tokenizer_docs: int | None = None
+    heldout_tokens: int = 262_144
+    log_every: int = 10
+
+    @property
+    def seq_len(self) -> int:
+        """Training sequence length: the model's full context, like OPT's 2048-token rows."""
+        return self.shape.n_ctx
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable view (``shape`` nested, ``betas`` as a list)."""
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        out["seq_len"] = self.seq_len
+        return out
