@@ -11,12 +11,15 @@ up to 36,864 a trigram key stays below 2**63, so every count is kept exactly in 
 keys, positive counts); tables merge by concatenation and a sort.
 """
 
+import numpy as np
 import torch
 from jaxtyping import Int
 
 from tl_neuronkinds.errors import NeuronKindsError
 
 _INT64_MAX = 2**63 - 1
+# Pending keys below which runs wait rather than merge (keeps merges few and large).
+_MIN_MERGE = 1 << 22
 
 
 def check_key_space(n: int, d_vocab: int, d_mlp: int) -> None:
@@ -52,15 +55,25 @@ def split_ngram_ids(ids: Int[torch.Tensor, " g"], n: int, d_vocab: int) -> Int[t
 def merge_tables(
     keys: list[Int[torch.Tensor, " _k"]], counts: list[Int[torch.Tensor, " _k"]]
 ) -> tuple[Int[torch.Tensor, " k"], Int[torch.Tensor, " k"]]:
-    """Merge sparse count tables into one: sorted unique keys, counts summed per key."""
+    """Merge sparse count tables into one: sorted unique keys, counts summed per key.
+
+    The inputs are sorted runs, so on the CPU NumPy's stable sort (a timsort, which finds and
+    merges runs) orders their concatenation in near-linear time; on a GPU ``torch.sort`` is a
+    radix sort. Equal keys are then summed as differences of a cumulative sum.
+    """
     if len(keys) == 1:
         return keys[0], counts[0]
     all_keys = torch.cat(keys)
-    all_counts = torch.cat(counts)
-    unique, inverse = torch.unique(all_keys, sorted=True, return_inverse=True)
-    summed = torch.zeros(unique.shape[0], dtype=torch.int64, device=unique.device)
-    summed.scatter_add_(0, inverse, all_counts.to(torch.int64))
-    return unique, summed
+    all_counts = torch.cat(counts).to(torch.int64)
+    if all_keys.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(all_keys.numpy(), kind="stable"))
+    else:
+        order = torch.argsort(all_keys)
+    sorted_keys = all_keys[order]
+    unique, run_lengths = torch.unique_consecutive(sorted_keys, return_counts=True)
+    totals = torch.cumsum(all_counts[order], 0)[torch.cumsum(run_lengths, 0) - 1]
+    totals[1:] -= totals[:-1].clone()
+    return unique, totals
 
 
 class SparseCounter:
@@ -85,7 +98,7 @@ class SparseCounter:
         self._pending_keys.append(keys)
         self._pending_counts.append(counts.to(torch.int64))
         self._pending_size += keys.numel()
-        if self._pending_size > max(self._keys.numel(), 1 << 20):
+        if self._pending_size > max(self._keys.numel(), _MIN_MERGE):
             self._flush()
 
     def _flush(self) -> None:
