@@ -328,7 +328,7 @@ class Corpus:
                 f"seq_len {seq_len} exceeds the model's context of {max_len} tokens"
             )
         model_max = getattr(tokenizer, "model_max_length", None)
-        if _is_int(model_max) and model_max < _SANE_MAX_LENGTH and seq_len > model_max:
+        if isinstance(model_max, int) and model_max < _SANE_MAX_LENGTH and seq_len > model_max:
             raise NeuronKindsError(
                 f"seq_len {seq_len} exceeds the tokenizer's model_max_length of {model_max}"
             )
