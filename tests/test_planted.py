@@ -1,0 +1,111 @@
+"""classify recovers every planted neuron of a hand-built model (tests/planted.py) exactly."""
+
+import pandas as pd
+import pytest
+from planted import BOS, EXPECTED, VOCAB, planted_model, planted_tokens
+
+from tl_neuronkinds.kinds import (
+    classify,
+    fig1a,
+    fig3a,
+    fig3b,
+    fig4,
+    fig8,
+    layer_summary,
+    position_teams,
+    positional_neurons,
+)
+from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording import record
+
+
+@pytest.fixture(scope="module")
+def profile() -> NeuronProfile:
+    recorded = record(planted_model(), planted_tokens(), bos_token_id=BOS, progress=False)
+    recorded.token_strings = list(VOCAB)
+    return recorded
+
+
+def test_every_neuron_has_its_planted_kind(profile):
+    table = classify(profile).set_index(["layer", "neuron"])
+    assert sorted(table.index) == sorted(EXPECTED)
+    for key, expect in EXPECTED.items():
+        row = table.loc[key]
+        assert row["kind"] == expect["kind"], key
+        assert row["dead"] == (expect["kind"] == "dead"), key
+        assert row["bos_only"] == expect.get("bos_only", False), key
+        assert row["token_detector"] == (expect["kind"] == "token_detector"), key
+        assert set(row["triggers"]) == expect.get("triggers", set()), key
+        for n in (2, 3):
+            assert row[f"ngram_detector_{n}"] == (expect.get("ngram") == n), key
+        if expect["kind"] == "token_detector":
+            assert row["k95_1"] == len(expect["triggers"]), key
+        if expect["kind"] == "ngram_detector":
+            assert row[f"k95_{expect['ngram']}"] == 1, key
+        assert row["positional"] == (expect["kind"] == "positional"), key
+        if row["positional"]:
+            assert (row["pos_type"], row["pos_strength"]) == (
+                expect["pos_type"],
+                expect["pos_strength"],
+            ), key
+        else:
+            assert pd.isna(row["pos_type"]) and pd.isna(row["pos_strength"]), key
+        if expect["kind"] == "dead" or expect.get("bos_only"):
+            assert pd.isna(row["k95_1"]), key
+
+
+def test_position_range_teams(profile):
+    teams = position_teams(profile)
+    assert teams.loc[0, "neurons"] == [7, 8]
+    assert teams.loc[0, "ranges"][0] == [(1, 8), (17, 24), (33, 40), (49, 56)]
+    assert teams.loc[0, "ranges"][1] == [(9, 16), (25, 32), (41, 48), (57, 64)]
+    assert teams.loc[0, "covers_all"] and teams.loc[0, "n_uncovered"] == 0
+    # Layer 1 plants three of the four shifts of a period-32 team: 25-32 and 57-64 stay uncovered.
+    assert teams.loc[1, "neurons"] == [4, 5, 6]
+    assert not teams.loc[1, "covers_all"] and teams.loc[1, "n_uncovered"] == 16
+    ranges = positional_neurons(profile).set_index(["layer", "neuron"])["pos_ranges"]
+    assert ranges.loc[(1, 5)] == [(9, 16), (41, 48)]
+    assert ranges.loc[(0, 6)] == []  # both_extremes: no team
+
+
+def test_per_layer_tables(profile):
+    assert fig1a(profile)["n_dead"].tolist() == [2, 7]
+    assert fig3a(profile)["n_detectors"].tolist() == [2, 3]
+    assert fig3a(profile, 2)["n_detectors"].tolist() == [1, 1]
+    assert fig3a(profile, 3)["n_detectors"].tolist() == [1, 0]
+    # Triggers: layer 0 {cat, Cat, the}; layer 1 {cat, mat, dog, ran}.
+    assert fig3b(profile).values.tolist() == [[3, 3], [4, 6]]
+    assert fig4(profile).values.tolist() == [[3, 3], [3, 3]]
+    table8 = fig8(profile)
+    assert table8.loc[
+        0, ["oscillatory_strong", "both_extremes_strong", "one_extreme_strong"]
+    ].tolist() == [2, 1, 1]
+    assert table8.loc[0, ["other_strong", "other_weak", "n_positional"]].tolist() == [1, 1, 6]
+    assert table8.loc[1, ["oscillatory_strong", "n_positional"]].tolist() == [3, 3]
+    summary = layer_summary(profile)
+    assert summary.loc[
+        0,
+        [
+            "kind_dead",
+            "kind_token_detector",
+            "kind_ngram_detector",
+            "kind_positional",
+            "kind_other",
+        ],
+    ].tolist() == [2, 2, 2, 6, 4]
+
+
+def test_saved_profile_reclassifies_with_other_cutoffs(profile, tmp_path):
+    loaded = NeuronProfile.load(profile.save(tmp_path / "planted"))
+    pd.testing.assert_frame_equal(classify(loaded), classify(profile))
+    # Eight tokens trigger neuron (0, 14): a token detector once k95 <= 8 is allowed.
+    wider = classify(loaded, k_max=8).set_index(["layer", "neuron"])
+    assert wider.loc[(0, 14), "kind"] == "token_detector"
+    assert len(wider.loc[(0, 14), "triggers"]) == 8
+    # Only the neurons with I(act; pos) above 0.6 nats stay positional.
+    strict = classify(loaded, mi_threshold=0.6)
+    assert strict.loc[strict["positional"], ["layer", "neuron"]].values.tolist() == [
+        [0, 6],
+        [0, 7],
+        [0, 8],
+    ]
