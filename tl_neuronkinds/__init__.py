@@ -1,21 +1,54 @@
 """tl_neuronkinds: what the FFN neurons of OPT models are — dead, token and n-gram detectors,
 positional — following Voita, Ferrando & Nalmpantis 2024, as a TransformerLens plugin.
 
-Importing the package loads no optional heavy module (circuitsvis, matplotlib, datasets).
+Importing the package loads no optional heavy module (circuitsvis, matplotlib, datasets), nor
+TransformerLens (which itself imports datasets and accelerate): ``load_opt`` is imported when
+first used.
 """
 
+from typing import Any
+
 from tl_neuronkinds.accumulate import profile_from_activations
+from tl_neuronkinds.corpus import Corpus
+from tl_neuronkinds.data import embedded_model_dir
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.kinds import (
+    classify,
+    dead_neurons,
+    layer_summary,
+    ngram_coverage,
+    position_teams,
+    positional_neurons,
+    token_detectors,
+)
 from tl_neuronkinds.profile import LayerCounts, NeuronProfile
 from tl_neuronkinds.recording import NeuronRecorder, record
 from tl_neuronkinds.version import __version__
 
 __all__ = [
+    "Corpus",
     "LayerCounts",
     "NeuronKindsError",
     "NeuronProfile",
     "NeuronRecorder",
     "__version__",
+    "classify",
+    "dead_neurons",
+    "embedded_model_dir",
+    "layer_summary",
+    "load_opt",
+    "ngram_coverage",
+    "position_teams",
+    "positional_neurons",
     "profile_from_activations",
     "record",
+    "token_detectors",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_opt":
+        from tl_neuronkinds.loading import load_opt
+
+        return load_opt
+    raise AttributeError(f"module 'tl_neuronkinds' has no attribute {name!r}")

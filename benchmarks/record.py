@@ -1,0 +1,180 @@
+"""Benchmark: nk.record against the bare forward and against the naive TransformerLens route.
+
+Each method runs in its own subprocess so its peak resident memory is its own:
+
+- ``bare``: ``model(batch, stop_at_layer=L)`` over all batches (the floor).
+- ``record``: ``nk.record`` on the same batches (all layers, n-grams up to 3).
+- ``naive``: what a researcher writes by hand — ``run_with_cache`` on every ``hook_post``,
+  activations kept, then counting unigram/bigram/trigram x neuron pairs with pandas ``groupby``
+  and positions with numpy.
+
+Usage::
+
+    python benchmarks/record.py --tokens 1048576 --naive-tokens 1048576 --out bench.json
+
+The model is the embedded one (``tl_neuronkinds/data/embedded_model``), tokens are the embedded
+corpus (train split, real text) packed at the model's context.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import tl_neuronkinds as nk
+
+
+def _load(tokens: int):
+    from tl_neuronkinds.data import embedded_model_dir
+
+    model = nk.load_opt(embedded_model_dir(), device="cpu")
+    corpus = nk.Corpus.embedded(split="train")
+    ids = corpus.tokenize(model.tokenizer, seq_len=model.cfg.n_ctx, n_tokens=tokens, progress=False)
+    return model, ids
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _bare(model, tokens, batch_size: int) -> None:
+    with torch.inference_mode():
+        for i in range(0, len(tokens), batch_size):
+            model(tokens[i : i + batch_size], stop_at_layer=model.cfg.n_layers)
+
+
+def _record(model, tokens, batch_size: int) -> nk.NeuronProfile:
+    return nk.record(model, tokens, batch_size=batch_size, progress=False)
+
+
+def _naive(model, tokens, batch_size: int) -> dict:
+    """The hand-written route: cache every hook_post, then count with numpy and pandas."""
+    names = [f"blocks.{layer}.mlp.hook_post" for layer in range(model.cfg.n_layers)]
+    cached = {name: [] for name in names}
+    with torch.inference_mode():
+        for i in range(0, len(tokens), batch_size):
+            _, cache = model.run_with_cache(
+                tokens[i : i + batch_size], names_filter=names.__contains__
+            )
+            for name in names:
+                cached[name].append(cache[name].numpy())
+    toks = tokens.numpy()
+    text = toks != 2
+    results = {}
+    for name in names:
+        acts = np.concatenate(cached[name])  # [n_seq, pos, d_mlp]
+        active = acts > 0
+        per_position = (active & text[..., None]).sum(0)
+        seq, pos, neuron = np.nonzero(active & text[..., None])
+        frame = pd.DataFrame({"t0": toks[seq, pos], "neuron": neuron})
+        frame["t1"] = np.where(pos >= 1, toks[seq, np.maximum(pos - 1, 0)], -1)
+        frame["t2"] = np.where(pos >= 2, toks[seq, np.maximum(pos - 2, 0)], -1)
+        uni = frame.groupby(["t0", "neuron"]).size()
+        bi = frame[frame.t1 >= 0].groupby(["t1", "t0", "neuron"]).size()
+        tri = frame[frame.t2 >= 0].groupby(["t2", "t1", "t0", "neuron"]).size()
+        results[name] = (len(uni), len(bi), len(tri), int(per_position.sum()))
+    return results
+
+
+def run_one(method: str, tokens: int, batch_size: int, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    model, ids = _load(tokens)
+    start = time.perf_counter()
+    result: dict = {}
+    if method == "bare":
+        _bare(model, ids, batch_size)
+    elif method == "record":
+        profile = _record(model, ids, batch_size)
+        result["keys_per_layer"] = {
+            str(layer): {n: int(c.ngram_keys[n].numel()) for n in (1, 2, 3)}
+            for layer, c in profile.counts.items()
+        }
+        result["profile_bytes_per_layer"] = _profile_bytes(profile)
+    else:
+        _naive(model, ids, batch_size)
+    seconds = time.perf_counter() - start
+    result.update(
+        method=method,
+        tokens=int(ids.numel()),
+        seconds=seconds,
+        tokens_per_s=ids.numel() / seconds,
+        peak_rss_mb=_peak_rss_mb(),
+    )
+    return result
+
+
+def _profile_bytes(profile: nk.NeuronProfile) -> dict:
+    layer = profile.counts[profile.layers[0]]
+    return {
+        "active+active_text": 2 * 8 * profile.d_mlp,
+        "pos_active": 8 * profile.seq_len * profile.d_mlp,
+        **{f"ngram_{n}": 16 * int(layer.ngram_keys[n].numel()) for n in (1, 2, 3)},
+    }
+
+
+def _spawn(method: str, tokens: int, batch_size: int, threads: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        method,
+        "--tokens",
+        str(tokens),
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        str(threads),
+    ]
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=1 << 20)
+    parser.add_argument(
+        "--naive-tokens",
+        type=int,
+        nargs="*",
+        default=None,
+        help="token counts for the naive route (default: --tokens)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", choices=["bare", "record", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.tokens, args.batch_size, args.threads)))
+        return
+    rows = [
+        _spawn("bare", args.tokens, args.batch_size, args.threads),
+        _spawn("record", args.tokens, args.batch_size, args.threads),
+    ]
+    for n in args.naive_tokens or [args.tokens]:
+        rows.append(
+            _spawn("record", n, args.batch_size, args.threads) if n != args.tokens else rows[1]
+        )
+        rows.append(_spawn("naive", n, args.batch_size, args.threads))
+    table = pd.DataFrame(rows)[
+        ["method", "tokens", "seconds", "tokens_per_s", "peak_rss_mb"]
+    ].drop_duplicates()
+    print(table.to_string(index=False))
+    print(f"\nrecord / bare throughput: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.3f}")
+    print(json.dumps(rows[1]["profile_bytes_per_layer"]))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
