@@ -195,13 +195,24 @@ def write_outputs(profile: NeuronProfile, out: Path) -> None:
     _atomic(out / "classification.parquet", lambda p: table.to_parquet(p, index=False))
     csv = table.assign(triggers=table["triggers"].map(lambda t: " | ".join(t)))
     _atomic(out / "classification.csv", lambda p: csv.to_csv(p, index=False))
-    figures = summaries.all_figures(profile)
-    for name, frame in figures.items():
+    for name, frame in figure_tables(profile).items():
         _atomic(out / f"summary_{name}.csv", lambda p, f=frame: f.to_csv(p))
     layer_table = summaries.layer_summary(profile)
     _atomic(out / "summary_layers.csv", lambda p: layer_table.to_csv(p))
     print(layer_table.to_string())
     print(f"\nwrote {out}/profile, classification.csv/.parquet and summary_*.csv")
+
+
+def figure_tables(profile: NeuronProfile) -> dict[str, Any]:
+    """The per-layer tables of Figures 1a, 1b, 8 and, for each n (Appendix A), 2, 3a, 3b, 4."""
+    from tl_neuronkinds.kinds import summaries
+
+    tables = {"fig1a": summaries.fig1a(profile), "fig1b": summaries.fig1b(profile)}
+    for n in range(1, profile.ngram_max + 1):
+        for name in ("fig2", "fig3a", "fig3b", "fig4"):
+            tables[f"{name}_n{n}"] = getattr(summaries, name)(profile, n)
+    tables["fig8"] = summaries.fig8(profile)
+    return tables
 
 
 def _atomic(path: Path, write: Any) -> None:
