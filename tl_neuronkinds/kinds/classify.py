@@ -8,7 +8,6 @@ from tl_neuronkinds.kinds.ngrams import (
     detector_trigger_ids,
     k95_column,
     layer_coverage,
-    trigger_labels,
 )
 from tl_neuronkinds.kinds.positional import check_cutoffs, layer_positional, type_labels
 from tl_neuronkinds.profile import NeuronProfile
@@ -88,12 +87,13 @@ def _layer_table(
     d_mlp = profile.d_mlp
     counts = profile.counts[layer]
     count = counts.active.numpy()
+    dead = count == 0
     table: dict[str, object] = {
         "layer": layer,
         "neuron": np.arange(d_mlp),
         "count": count,
         "freq": count / profile.n_positions,
-        "dead": count == 0,
+        "dead": dead,
         "bos_only": (count > 0) & (counts.active_text.numpy() == 0),
     }
     detectors = {}
@@ -105,7 +105,7 @@ def _layer_table(
             if n == 1:
                 triggers: list[list[str]] = [[] for _ in range(d_mlp)]
                 for i, gids in detector_trigger_ids(cov).items():
-                    triggers[i] = list(trigger_labels(profile, gids, 1)[0])
+                    triggers[i] = [profile.token_strings[int(g)] for g in gids]
                 table["triggers"] = triggers
         else:
             table[f"k95_{n}"] = pd.array([pd.NA] * d_mlp, dtype="Int64")
@@ -119,10 +119,11 @@ def _layer_table(
     table["positional"] = pos.positional
     table["pos_type"], table["pos_strength"] = type_labels(pos)
 
-    kind = np.select(
-        [table["dead"], detectors[1], detectors[2] | detectors[3], pos.positional],
-        KINDS[:4],
-        default=KINDS[4],
-    )
+    kind = np.full(d_mlp, KINDS[4], dtype=object)
+    # The first that holds wins: assign in reverse order of precedence.
+    for label, holds in reversed(
+        list(zip(KINDS[:4], [dead, detectors[1], detectors[2] | detectors[3], pos.positional]))
+    ):
+        kind[holds] = label
     table["kind"] = kind
     return pd.DataFrame(table)
