@@ -251,33 +251,54 @@ def record(
         batch_size: Sequences per forward (default: about 64k tokens on a GPU, 16k on a CPU).
         corpus: A description of the corpus, stored with the profile.
         progress: Show a progress bar with tokens/s (default: when stderr is a terminal).
+
+    Under an initialised ``torch.distributed`` process group every rank calls ``record`` with the
+    same full ``tokens``; rank r records rows ``r::world_size`` and every rank gets the one
+    merged profile back (API.md, "Distributed").
     """
     recorder = NeuronRecorder(model, layers, threshold, ngram_max, bos_token_id=bos_token_id)
     check_tokens(tokens, model, recorder._builder.bos_token_id)
-    n_seq, seq_len = tokens.shape
+    rank, world_size = _world()
+    local = tokens[rank::world_size]
+    seq_len = tokens.shape[1]
     device = _model_device(model)
     if batch_size is None:
         batch_size = max(1, _AUTO_TOKENS.get(device.type, _AUTO_TOKENS["cuda"]) // seq_len)
     if batch_size < 1:
         raise NeuronKindsError(f"batch_size must be positive, got {batch_size}")
     stop = recorder.layers[-1] + 1
-    bar = tqdm(
-        total=n_seq * seq_len,
-        unit="tok",
-        unit_scale=True,
-        desc="record",
-        disable=None if progress is None else not progress,
-    )
+    disable = (None if progress is None else not progress) if rank == 0 else True
+    bar = tqdm(total=local.numel(), unit="tok", unit_scale=True, desc="record", disable=disable)
     start = time.perf_counter()
     with torch.inference_mode(), bar:
-        for first in range(0, n_seq, batch_size):
-            batch = tokens[first : first + batch_size].to(device)
+        for first in range(0, local.shape[0], batch_size):
+            batch = local[first : first + batch_size].to(device)
             with recorder.recording(batch):
                 model(batch, stop_at_layer=stop)
             bar.update(batch.numel())
-    profile = recorder.profile(corpus=corpus)
+    profile = recorder.profile(corpus=corpus) if local.shape[0] else None
+    if world_size > 1:
+        profile = _gather(profile, world_size)
+    assert profile is not None  # check_tokens ensured at least one row
     profile.meta["record_seconds"] = round(time.perf_counter() - start, 3)
     return profile
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world_size) under an initialised torch.distributed process group, else (0, 1)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(profile: NeuronProfile | None, world_size: int) -> NeuronProfile:
+    """Every rank's profile, merged (exactly, as counts add), returned on every rank."""
+    parts: list[NeuronProfile | None] = [None] * world_size
+    torch.distributed.all_gather_object(parts, profile)
+    merged = NeuronProfile.merge([p for p in parts if p is not None])
+    merged.meta["world_size"] = world_size
+    return merged
 
 
 def _model_device(model: Any) -> torch.device:

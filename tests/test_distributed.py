@@ -1,0 +1,51 @@
+"""record() under torch.distributed (gloo, 2 CPU processes) equals one process over all rows."""
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+import tl_neuronkinds as nk
+
+
+def _model() -> HookedTransformer:
+    cfg = HookedTransformerConfig(
+        n_layers=2, d_model=16, d_mlp=24, d_head=4, n_heads=4, n_ctx=16, d_vocab=30,
+        act_fn="relu", normalization_type="LN", seed=3,
+    )  # fmt: skip
+    return HookedTransformer(cfg)
+
+
+def _tokens() -> torch.Tensor:
+    tokens = torch.randint(0, 9, (7, 12), generator=torch.Generator().manual_seed(0))
+    tokens[:, 0] = 2
+    return tokens
+
+
+def _worker(rank: int, world_size: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        profile = nk.record(_model(), _tokens(), bos_token_id=2, batch_size=2, progress=False)
+        profile.save(Path(out) / f"rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_record_equals_single_process(tmp_path) -> None:
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    single = nk.record(_model(), _tokens(), bos_token_id=2, progress=False)
+    for rank in (0, 1):
+        got = nk.NeuronProfile.load(tmp_path / f"rank{rank}")
+        assert got.n_seqs == single.n_seqs == 7 and got.meta["world_size"] == 2
+        assert torch.equal(got.pos_text_seqs, single.pos_text_seqs)
+        for layer in single.layers:
+            a, b = got.counts[layer], single.counts[layer]
+            assert torch.equal(a.active, b.active) and torch.equal(a.pos_active, b.pos_active)
+            for n in (1, 2, 3):
+                assert torch.equal(a.ngram_keys[n], b.ngram_keys[n])
+                assert torch.equal(a.ngram_counts[n], b.ngram_counts[n])
