@@ -6,9 +6,12 @@ in one of four layouts (``model.safetensors``; shards with ``model.safetensors.i
 as ``model.decoder.…`` (``OPTForCausalLM``) or as ``decoder.…`` (the facebook/opt-* hub
 files); ``Checkpoint`` names every tensor by its key without the ``model.`` prefix.
 
-Safetensors files are opened memory-mapped for each read and closed after it, so reading one
-block leaves no other block's pages resident (what ``offload="disk"`` relies on). ``.bin``
-files are read whole with ``torch.load(weights_only=True)``.
+Tensors come back backed by a private memory map of their file (safetensors' ``get_tensor``;
+``torch.load(mmap=True, weights_only=True)`` for ``.bin``): pages are read when first touched
+and the map lives as long as the tensor, so reading one block leaves no other block's pages
+resident (what ``offload="disk"`` relies on). Callers that keep tensors copy them
+(``opt._own``), so a loaded model never depends on its files staying unchanged; a
+disk-offloaded model does, by design.
 """
 
 import json

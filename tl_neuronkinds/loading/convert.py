@@ -149,21 +149,20 @@ def hooked_config(
 
 
 def convert_block(
-    hf: dict[str, torch.Tensor], n_heads: int, dtype: torch.dtype, contiguous: bool = True
+    hf: dict[str, torch.Tensor], n_heads: int, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
     """One OPT decoder layer's tensors as a TransformerLens ``TransformerBlock``'s parameters.
 
     The same mapping as ``convert_opt_weights``: ``W_Q/W_K/W_V`` are ``[n_heads, d_model,
     d_head]``, ``W_O`` is ``[n_heads, d_head, d_model]``, ``W_in = fc1.weight.T``,
-    ``W_out = fc2.weight.T``.
+    ``W_out = fc2.weight.T``. The results are views of ``hf``'s tensors where the dtype already
+    matches (no copy, which is what streaming wants: TransformerLens multiplies by these weights
+    through transposes that undo the views); copy them to own or compact them.
 
     Args:
         hf: The layer's tensors, keyed relative to ``decoder.layers.{l}.``.
         n_heads: Attention heads.
         dtype: Dtype of the returned tensors.
-        contiguous: Copy each result into contiguous memory. False returns views of ``hf``'s
-            tensors (no copy when ``dtype`` matches), which is what streaming wants: TransformerLens
-            multiplies by these weights through transposes that undo the views.
     """
 
     def heads_in(name: str) -> torch.Tensor:  # "(n h) m -> n m h"
@@ -193,8 +192,7 @@ def convert_block(
         "mlp.W_out": hf["fc2.weight"].T,
         "mlp.b_out": hf["fc2.bias"],
     }
-    block = {k: v.to(dtype) for k, v in block.items()}
-    return {k: v.contiguous() for k, v in block.items()} if contiguous else block
+    return {k: v.to(dtype) for k, v in block.items()}
 
 
 def convert_globals(

@@ -175,15 +175,21 @@ def _keys(shapes: dict[str, tuple[int, ...]], optional: set[str]) -> tuple[list[
     return block, outside
 
 
+def _own(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A contiguous copy on ``device`` that shares nothing with the checkpoint's mapped files."""
+    return tensor.to(device, memory_format=torch.contiguous_format, copy=True)
+
+
 def _host_fn(offload: str, n_layers: int, block: HostFn, device: torch.device) -> HostFn:
-    """Where an offloaded block's tensors come from: pinned copies made now, or the files."""
+    """Where an offloaded block's tensors come from: copies in CPU memory made now (pinned for a
+    CUDA device), or the files (``Checkpoint.read`` maps them; pages are read when touched)."""
     if offload == "disk":
         return block
     pin = device.type == "cuda" and torch.cuda.is_available()
     store = []
     for layer in range(n_layers):
         tensors = block(layer)
-        store.append({k: v.pin_memory() if pin else v for k, v in tensors.items()})
+        store.append({k: v.pin_memory() if pin else v.clone() for k, v in tensors.items()})
     return store.__getitem__
 
 
@@ -247,7 +253,7 @@ def _build_hooked(
 
     def block(layer: int) -> dict[str, torch.Tensor]:
         hf = _read_block(checkpoint, block_keys, layer)
-        return convert_block(hf, n_heads, dtype, contiguous=offload is None)
+        return convert_block(hf, n_heads, dtype)
 
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore", DeprecationWarning)  # "HookedTransformer is deprecated"
@@ -256,10 +262,11 @@ def _build_hooked(
         )
     _materialize_buffers(model, device)
     state = convert_globals(checkpoint.read(outside_keys), cfg.vocab_size, dtype)
-    state = {k: v.to(device) for k, v in state.items()}
+    state = {k: _own(v, device) for k, v in state.items()}
     if offload is None:
         for layer in range(cfg.num_hidden_layers):
-            state.update({f"blocks.{layer}.{k}": v.to(device) for k, v in block(layer).items()})
+            converted = block(layer).items()
+            state.update({f"blocks.{layer}.{k}": _own(v, device) for k, v in converted})
     else:
         names = [n for n, _ in model.blocks[0].named_parameters()]
         params = [_placeholders(b, names, device, dtype) for b in model.blocks]
@@ -292,14 +299,14 @@ def _build_bridge(
     with torch.device("meta"):
         hf = OPTForCausalLM(cfg)
     state = {
-        f"model.{k}" if k.startswith("decoder.") else k: v.to(dtype).to(device)
+        f"model.{k}" if k.startswith("decoder.") else k: _own(v.to(dtype), device)
         for k, v in checkpoint.read(outside_keys).items()
     }
     layers = list(hf.model.decoder.layers)
     if offload is None:
         for layer in range(cfg.num_hidden_layers):
             prefix = "model." + _BLOCK_PREFIX.format(layer=layer)
-            state.update({prefix + k: v.to(device) for k, v in block(layer).items()})
+            state.update({prefix + k: _own(v, device) for k, v in block(layer).items()})
     params = (
         []
         if offload is None
