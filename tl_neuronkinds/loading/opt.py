@@ -189,7 +189,11 @@ def _host_fn(offload: str, n_layers: int, block: HostFn, device: torch.device) -
     store = []
     for layer in range(n_layers):
         tensors = block(layer)
-        store.append({k: v.pin_memory() if pin else v.clone() for k, v in tensors.items()})
+        # Contiguous pinned memory: a non-contiguous source would make the copy to the GPU go
+        # through a pageable temporary, synchronous with the host, and the prefetch would stall.
+        store.append(
+            {k: v.contiguous().pin_memory() if pin else v.clone() for k, v in tensors.items()}
+        )
     return store.__getitem__
 
 
