@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tl_neuronkinds as nk
+from tl_neuronkinds import accumulate
 from tl_neuronkinds.ngram_keys import ngram_ids, split_ngram_ids
 
 BOS = 2
@@ -92,9 +93,21 @@ def assert_matches(profile: nk.NeuronProfile, layer: int, ref: dict) -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(
-    seed=st.integers(0, 10_000), batch_size=st.integers(1, 5), threshold=st.sampled_from([0.0, 0.1])
+    seed=st.integers(0, 10_000),
+    batch_size=st.integers(1, 5),
+    threshold=st.sampled_from([0.0, 0.1]),
+    dense_unigrams=st.booleans(),
 )
-def test_record_equals_brute_force(seed: int, batch_size: int, threshold: float) -> None:
+def test_record_equals_brute_force(
+    seed: int, batch_size: int, threshold: float, dense_unigrams: bool
+) -> None:
+    limit = 1 << 25 if dense_unigrams else 0  # exercise both unigram tables
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(accumulate, "_DENSE_UNIGRAM_ELEMENTS", limit)
+        check_record_against_brute_force(seed, batch_size, threshold)
+
+
+def check_record_against_brute_force(seed: int, batch_size: int, threshold: float) -> None:
     model = tiny_model(seed % 3)
     tokens = random_tokens(seed)
     tokens[seed % 5, 3 + seed % 7] = BOS  # a document separator sharing BOS's id

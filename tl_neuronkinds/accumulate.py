@@ -24,6 +24,8 @@ from tl_neuronkinds.profile import LayerCounts, NeuronProfile
 
 # Largest [groups, d_mlp] int32 block built at once (64 MiB).
 _BLOCK_ELEMENTS = 1 << 24
+# Largest dense [d_vocab, d_mlp] int64 unigram table (256 MiB); sparse above.
+_DENSE_UNIGRAM_ELEMENTS = 1 << 25
 
 
 @dataclass
@@ -50,6 +52,9 @@ class BatchContext:
     ) -> None:
         self.text: Bool[torch.Tensor, "batch pos"] = tokens != bos_token_id
         flat_text = self.text.reshape(-1)
+        # BOS positions (column 0 of every row, and separators sharing BOS's id): few rows.
+        self.non_text_rows = (~flat_text).nonzero().squeeze(1)
+        self.non_text_pos = self.non_text_rows % tokens.shape[1]
         self.groups: dict[int, _Groups] = {}
         for n in range(1, ngram_max + 1):
             ids = ngram_ids(tokens, n, d_vocab).reshape(-1)
@@ -65,28 +70,40 @@ class BatchContext:
 
 
 class _LayerAccumulator:
-    """Counts of one layer, on the activations' device."""
+    """Counts of one layer, on the activations' device.
 
-    def __init__(self, d_mlp: int, seq_len: int, ngram_max: int, device: torch.device) -> None:
+    Unigram counts are kept dense (``[d_vocab, d_mlp]``) where that table is small
+    (``_DENSE_UNIGRAM_ELEMENTS``), which saves sorting the most repeated keys; otherwise, and
+    for n >= 2, they are sparse.
+    """
+
+    def __init__(
+        self, d_mlp: int, d_vocab: int, seq_len: int, ngram_max: int, device: torch.device
+    ) -> None:
         zeros = dict(dtype=torch.int64, device=device)
         self.d_mlp = d_mlp
         self.active = torch.zeros(d_mlp, **zeros)
         self.active_text = torch.zeros(d_mlp, **zeros)
         self.pos_active = torch.zeros(seq_len, d_mlp, **zeros)
         self.ngrams = {n: SparseCounter(device) for n in range(1, ngram_max + 1)}
+        self.dense_unigrams = (
+            torch.zeros(d_vocab, d_mlp, **zeros)
+            if d_vocab * d_mlp <= _DENSE_UNIGRAM_ELEMENTS
+            else None
+        )
 
     def add(self, ctx: BatchContext, active: Bool[torch.Tensor, "batch pos d_mlp"]) -> None:
-        self.active += active.sum((0, 1))
-        per_position = (active & ctx.text.unsqueeze(-1)).sum(0)
+        # Summing uint8 into int32 is several times faster than summing bool (into int64).
+        per_position = active.view(torch.uint8).sum(0, dtype=torch.int32)
+        self.active += per_position.sum(0)
+        flat = active.reshape(-1, self.d_mlp)
+        per_position.index_add_(0, ctx.non_text_pos, -flat[ctx.non_text_rows].int())
         self.pos_active += per_position
         self.active_text += per_position.sum(0)
-        flat = active.reshape(-1, self.d_mlp)
         for n, groups in ctx.groups.items():
-            self._add_ngrams(self.ngrams[n], groups, flat)
+            self._add_ngrams(n, groups, flat)
 
-    def _add_ngrams(
-        self, counter: SparseCounter, groups: _Groups, flat: Bool[torch.Tensor, "rows d_mlp"]
-    ) -> None:
+    def _add_ngrams(self, n: int, groups: _Groups, flat: Bool[torch.Tensor, "rows d_mlp"]) -> None:
         n_groups = groups.ids.numel()
         step = max(1, _BLOCK_ELEMENTS // self.d_mlp)
         for g0 in range(0, n_groups, step):
@@ -94,11 +111,22 @@ class _LayerAccumulator:
             lo, hi = int(groups.starts[g0]), int(groups.starts[g1])
             block = torch.zeros(g1 - g0, self.d_mlp, dtype=torch.int32, device=flat.device)
             block.index_add_(0, groups.group_of[lo:hi] - g0, flat[groups.positions[lo:hi]].int())
+            if n == 1 and self.dense_unigrams is not None:
+                self.dense_unigrams.index_add_(0, groups.ids[g0:g1], block.long())
+                continue
             g, i = block.nonzero(as_tuple=True)
-            counter.add(groups.ids[g0 + g] * self.d_mlp + i, block[g, i])
+            self.ngrams[n].add(groups.ids[g0 + g] * self.d_mlp + i, block[g, i])
+
+    def _unigram_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dense_unigrams is None:
+            return self.ngrams[1].table()
+        flat = self.dense_unigrams.reshape(-1)
+        keys = flat.nonzero().squeeze(1)  # row-major: token * d_mlp + neuron, ascending
+        return keys.cpu(), flat[keys].cpu()
 
     def counts(self) -> LayerCounts:
         tables = {n: c.table() for n, c in self.ngrams.items()}
+        tables[1] = self._unigram_table()
         return LayerCounts(
             active=self.active.cpu(),
             active_text=self.active_text.cpu(),
@@ -167,7 +195,9 @@ class ProfileBuilder:
     def _start(self, seq_len: int, device: torch.device) -> None:
         self.seq_len = seq_len
         for layer in self.layers:
-            self._layers[layer] = _LayerAccumulator(self.d_mlp, seq_len, self.ngram_max, device)
+            self._layers[layer] = _LayerAccumulator(
+                self.d_mlp, self.d_vocab, seq_len, self.ngram_max, device
+            )
         self._occ = {n: SparseCounter(device) for n in range(1, self.ngram_max + 1)}
         self._pos_text_seqs = torch.zeros(seq_len, dtype=torch.int64, device=device)
 
