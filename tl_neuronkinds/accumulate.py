@@ -80,14 +80,13 @@ class _LayerAccumulator:
     def __init__(
         self, d_mlp: int, d_vocab: int, seq_len: int, ngram_max: int, device: torch.device
     ) -> None:
-        zeros = dict(dtype=torch.int64, device=device)
         self.d_mlp = d_mlp
-        self.active = torch.zeros(d_mlp, **zeros)
-        self.active_text = torch.zeros(d_mlp, **zeros)
-        self.pos_active = torch.zeros(seq_len, d_mlp, **zeros)
+        self.active = torch.zeros(d_mlp, dtype=torch.int64, device=device)
+        self.active_text = torch.zeros(d_mlp, dtype=torch.int64, device=device)
+        self.pos_active = torch.zeros(seq_len, d_mlp, dtype=torch.int64, device=device)
         self.ngrams = {n: SparseCounter(device) for n in range(1, ngram_max + 1)}
         self.dense_unigrams = (
-            torch.zeros(d_vocab, d_mlp, **zeros)
+            torch.zeros(d_vocab, d_mlp, dtype=torch.int64, device=device)
             if d_vocab * d_mlp <= _DENSE_UNIGRAM_ELEMENTS
             else None
         )

@@ -228,11 +228,11 @@ class NeuronProfile:
                 for n in ns
             }
             counts[layer] = LayerCounts(
-                active=sum(c.active for c in parts),
-                active_text=sum(c.active_text for c in parts),
+                active=_total([c.active for c in parts]),
+                active_text=_total([c.active_text for c in parts]),
                 ngram_keys={n: tables[n][0] for n in ns},
                 ngram_counts={n: tables[n][1] for n in ns},
-                pos_active=sum(c.pos_active for c in parts),
+                pos_active=_total([c.pos_active for c in parts]),
             )
         meta = dict(first.meta)
         meta["merged_from"] = [p.meta.get("corpus") for p in profiles]
@@ -250,10 +250,14 @@ class NeuronProfile:
             n_text_positions=sum(p.n_text_positions for p in profiles),
             ngram_occ_ids={n: occ[n][0] for n in ns},
             ngram_occ_counts={n: occ[n][1] for n in ns},
-            pos_text_seqs=sum(p.pos_text_seqs for p in profiles),
+            pos_text_seqs=_total([p.pos_text_seqs for p in profiles]),
             token_strings=list(first.token_strings),
             meta=meta,
         )
+
+
+def _total(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(tensors).sum(0)
 
 
 def _check_mergeable(a: NeuronProfile, b: NeuronProfile) -> None:
