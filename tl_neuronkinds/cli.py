@@ -18,6 +18,16 @@ from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.profile import NeuronProfile
 
 _RUN_FILE = "run.json"
+# The columns of the per-layer summary printed at the end (all are in summary_layers.csv).
+_SUMMARY_COLUMNS = [
+    "n_neurons",
+    "pct_dead",
+    "mean_freq_alive",
+    "n_token_detectors",
+    "n_ngram_detectors_2",
+    "n_ngram_detectors_3",
+    "n_positional",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,7 +209,8 @@ def write_outputs(profile: NeuronProfile, out: Path) -> None:
         _atomic(out / f"summary_{name}.csv", lambda p, f=frame: f.to_csv(p))
     layer_table = summaries.layer_summary(profile)
     _atomic(out / "summary_layers.csv", lambda p: layer_table.to_csv(p))
-    print(layer_table.to_string())
+    shown = [c for c in _SUMMARY_COLUMNS if c in layer_table.columns]
+    print(layer_table[shown].to_string(float_format=lambda x: f"{x:.3g}"))
     print(f"\nwrote {out}/profile, classification.csv/.parquet and summary_*.csv")
 
 
