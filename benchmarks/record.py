@@ -10,10 +10,13 @@ Each method runs in its own subprocess so its peak resident memory is its own:
 
 Usage::
 
-    python benchmarks/record.py --tokens 1048576 --naive-tokens 1048576 --out bench.json
+    python benchmarks/record.py --tokens 1048576 --naive-tokens 65536 262144 --out bench.json
+    python benchmarks/record.py --size opt-125m --n-layers 4 --tokens 65536
 
-The model is the embedded one (``tl_neuronkinds/data/embedded_model``), tokens are the embedded
-corpus (train split, real text) packed at the model's context.
+The model is the embedded one (``tl_neuronkinds/data/embedded_model``) or, with ``--size``, a
+random checkpoint of that OPT shape (``../shared/data/opt-configs.json``) with OPT's tokenizer
+(``../shared/data/opt-tokenizer``); tokens are the embedded corpus (train split, real text)
+packed at ``--seq-len`` (default: the model's context).
 """
 
 import argparse
@@ -22,6 +25,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,15 +33,33 @@ import numpy as np
 import pandas as pd
 import torch
 
-import tl_neuronkinds as nk
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+from streaming import write_checkpoint  # noqa: E402
+
+import tl_neuronkinds as nk  # noqa: E402
+
+OPT_TOKENIZER = ROOT.parent / "shared/data/opt-tokenizer"
+CONFIGS = ROOT.parent / "shared/data/opt-configs.json"
 
 
-def _load(tokens: int):
-    from tl_neuronkinds.data import embedded_model_dir
+def _checkpoint(size: str | None, n_layers: int | None, directory: Path) -> Path:
+    """The embedded model, or a random checkpoint of an OPT shape with OPT's tokenizer."""
+    if size is None:
+        return nk.embedded_model_dir()
+    from transformers import AutoTokenizer
 
-    model = nk.load_opt(embedded_model_dir(), device="cpu")
+    write_checkpoint(directory, size, n_layers, torch.float32, CONFIGS)
+    AutoTokenizer.from_pretrained(str(OPT_TOKENIZER)).save_pretrained(directory)
+    return directory
+
+
+def _load(checkpoint: Path, tokens: int, seq_len: int | None):
+    model = nk.load_opt(checkpoint, device="cpu")
     corpus = nk.Corpus.embedded(split="train")
-    ids = corpus.tokenize(model.tokenizer, seq_len=model.cfg.n_ctx, n_tokens=tokens, progress=False)
+    ids = corpus.tokenize(
+        model.tokenizer, seq_len=seq_len or model.cfg.n_ctx, n_tokens=tokens, progress=False
+    )
     return model, ids
 
 
@@ -84,9 +106,11 @@ def _naive(model, tokens, batch_size: int) -> dict:
     return results
 
 
-def run_one(method: str, tokens: int, batch_size: int, threads: int) -> dict:
+def run_one(
+    method: str, checkpoint: Path, tokens: int, seq_len: int | None, batch_size: int, threads: int
+) -> dict:
     torch.set_num_threads(threads)
-    model, ids = _load(tokens)
+    model, ids = _load(checkpoint, tokens, seq_len)
     start = time.perf_counter()
     result: dict = {}
     if method == "bare":
@@ -120,58 +144,76 @@ def _profile_bytes(profile: nk.NeuronProfile) -> dict:
     }
 
 
-def _spawn(method: str, tokens: int, batch_size: int, threads: int) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--one",
-        method,
+def _spawn(method: str, args: argparse.Namespace, checkpoint: Path, tokens: int) -> dict:
+    """Run one method in a fresh process (so its peak RSS is its own) and return its figures."""
+    cmd = [sys.executable, __file__, "--one", method, "--checkpoint", str(checkpoint)]
+    cmd += [
         "--tokens",
         str(tokens),
         "--batch-size",
-        str(batch_size),
+        str(args.batch_size),
         "--threads",
-        str(threads),
+        str(args.threads),
     ]
-    out = subprocess.run(
-        cmd, check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-    )
+    if args.seq_len:
+        cmd += ["--seq-len", str(args.seq_len)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=1 << 20)
     parser.add_argument(
-        "--naive-tokens",
-        type=int,
-        nargs="*",
+        "--size",
         default=None,
-        help="token counts for the naive route (default: --tokens)",
+        help="an OPT shape from opt-configs.json (default: the embedded model)",
+    )
+    parser.add_argument("--n-layers", type=int, default=None, help="fewer blocks than the size has")
+    parser.add_argument("--tokens", type=int, default=1 << 20)
+    parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument(
+        "--naive-tokens", type=int, nargs="*", default=[], help="token counts for the naive route"
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", choices=["bare", "record", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.tokens, args.batch_size, args.threads)))
-        return
-    rows = [
-        _spawn("bare", args.tokens, args.batch_size, args.threads),
-        _spawn("record", args.tokens, args.batch_size, args.threads),
-    ]
-    for n in args.naive_tokens or [args.tokens]:
-        rows.append(
-            _spawn("record", n, args.batch_size, args.threads) if n != args.tokens else rows[1]
+        print(
+            json.dumps(
+                run_one(
+                    args.one,
+                    args.checkpoint,
+                    args.tokens,
+                    args.seq_len,
+                    args.batch_size,
+                    args.threads,
+                )
+            )
         )
-        rows.append(_spawn("naive", n, args.batch_size, args.threads))
-    table = pd.DataFrame(rows)[
-        ["method", "tokens", "seconds", "tokens_per_s", "peak_rss_mb"]
-    ].drop_duplicates()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = _checkpoint(args.size, args.n_layers, Path(tmp))
+        rows = [
+            _spawn("bare", args, checkpoint, args.tokens),
+            _spawn("record", args, checkpoint, args.tokens),
+        ]
+        for n in args.naive_tokens:
+            rows += [
+                _spawn("bare", args, checkpoint, n),
+                _spawn("record", args, checkpoint, n),
+                _spawn("naive", args, checkpoint, n),
+            ]
+    table = pd.DataFrame(rows)[["method", "tokens", "seconds", "tokens_per_s", "peak_rss_mb"]]
     print(table.to_string(index=False))
-    print(f"\nrecord / bare throughput: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.3f}")
-    print(json.dumps(rows[1]["profile_bytes_per_layer"]))
+    print(
+        f"\nrecord / bare throughput at {args.tokens} tokens: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.3f}"
+    )
+    print("profile bytes per layer (first layer):", json.dumps(rows[1]["profile_bytes_per_layer"]))
+    print("n-gram keys per layer:", json.dumps(rows[1]["keys_per_layer"]))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 
