@@ -30,13 +30,39 @@ _DENSE_UNIGRAM_ELEMENTS = 1 << 25
 
 @dataclass
 class _Groups:
-    """Text positions where the n-gram is defined, sorted by n-gram id, and the groups' bounds."""
+    """Text positions where the n-gram is defined, grouped by n-gram id.
 
-    positions: Int[torch.Tensor, " m"]  # flat indices into batch*pos
-    group_of: Int[torch.Tensor, " m"]  # group index of each position (non-decreasing)
+    N-grams seen once in the batch (most trigrams) are kept apart: their positions' active
+    neurons are their counts, with no summing.
+    """
+
     ids: Int[torch.Tensor, " g"]  # the distinct n-gram ids, ascending
     occurrences: Int[torch.Tensor, " g"]
-    starts: Int[torch.Tensor, " g_plus_1"]  # positions[starts[j]:starts[j+1]] belong to group j
+    single_positions: Int[torch.Tensor, " s"]  # flat index of each n-gram seen once
+    single_ids: Int[torch.Tensor, " s"]  # its id, ascending
+    positions: Int[torch.Tensor, " m"]  # flat indices of the repeated n-grams, by id
+    group_of: Int[torch.Tensor, " m"]  # group index of each (non-decreasing)
+    group_ids: Int[torch.Tensor, " r"]  # the repeated n-grams' ids, ascending
+    starts: Int[torch.Tensor, " r_plus_1"]  # positions[starts[j]:starts[j+1]] are group j
+
+    @classmethod
+    def of(cls, ids: Int[torch.Tensor, " rows"], positions: Int[torch.Tensor, " m"]) -> "_Groups":
+        """Group ``positions`` (flat indices) by their n-gram ``ids``."""
+        positions = positions[torch.argsort(ids[positions], stable=True)]
+        unique, group_of, occurrences = torch.unique_consecutive(
+            ids[positions], return_inverse=True, return_counts=True
+        )
+        single = (occurrences == 1)[group_of]
+        repeated = positions[~single]
+        group_ids, group_of, sizes = torch.unique_consecutive(
+            ids[repeated], return_inverse=True, return_counts=True
+        )
+        starts = torch.zeros(group_ids.numel() + 1, dtype=torch.int64, device=ids.device)
+        starts[1:] = torch.cumsum(sizes, 0)
+        singles = positions[single]
+        return cls(
+            unique, occurrences, singles, ids[singles], repeated, group_of, group_ids, starts
+        )
 
 
 class BatchContext:
@@ -59,14 +85,7 @@ class BatchContext:
         for n in range(1, ngram_max + 1):
             ids = ngram_ids(tokens, n, d_vocab).reshape(-1)
             positions = ((ids >= 0) & flat_text).nonzero().squeeze(1)
-            order = torch.argsort(ids[positions], stable=True)
-            positions = positions[order]
-            unique, group_of, occurrences = torch.unique_consecutive(
-                ids[positions], return_inverse=True, return_counts=True
-            )
-            starts = torch.zeros(unique.numel() + 1, dtype=torch.int64, device=tokens.device)
-            starts[1:] = torch.cumsum(occurrences, 0)
-            self.groups[n] = _Groups(positions, group_of, unique, occurrences, starts)
+            self.groups[n] = _Groups.of(ids, positions)
 
 
 class _LayerAccumulator:
@@ -103,18 +122,27 @@ class _LayerAccumulator:
             self._add_ngrams(n, groups, flat)
 
     def _add_ngrams(self, n: int, groups: _Groups, flat: Bool[torch.Tensor, "rows d_mlp"]) -> None:
-        n_groups = groups.ids.numel()
         step = max(1, _BLOCK_ELEMENTS // self.d_mlp)
+        dense = self.dense_unigrams if n == 1 else None
+        for lo in range(0, groups.single_ids.numel(), step):
+            rows = flat[groups.single_positions[lo : lo + step]]
+            ids = groups.single_ids[lo : lo + step]
+            if dense is not None:
+                dense.index_add_(0, ids, rows.long())
+                continue
+            r, i = rows.nonzero(as_tuple=True)
+            self.ngrams[n].add(ids[r] * self.d_mlp + i, torch.ones_like(r))
+        n_groups = groups.group_ids.numel()
         for g0 in range(0, n_groups, step):
             g1 = min(g0 + step, n_groups)
             lo, hi = int(groups.starts[g0]), int(groups.starts[g1])
             block = torch.zeros(g1 - g0, self.d_mlp, dtype=torch.int32, device=flat.device)
             block.index_add_(0, groups.group_of[lo:hi] - g0, flat[groups.positions[lo:hi]].int())
-            if n == 1 and self.dense_unigrams is not None:
-                self.dense_unigrams.index_add_(0, groups.ids[g0:g1], block.long())
+            if dense is not None:
+                dense.index_add_(0, groups.group_ids[g0:g1], block.long())
                 continue
             g, i = block.nonzero(as_tuple=True)
-            self.ngrams[n].add(groups.ids[g0 + g] * self.d_mlp + i, block[g, i])
+            self.ngrams[n].add(groups.group_ids[g0 + g] * self.d_mlp + i, block[g, i])
 
     def _unigram_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dense_unigrams is None:
