@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lr", type=float, default=_DEFAULTS.peak_lr, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    parser.add_argument(
+        "--d-mlp", type=int, default=_DEFAULTS.shape.d_mlp, help="FFN neurons per layer"
+    )
     return parser
 
 
@@ -54,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         peak_lr=args.lr,
         batch_size=args.batch_size,
+        shape=dataclasses.replace(_DEFAULTS.shape, d_mlp=args.d_mlp),
     )
     out = args.out or embedded_model_dir(args.variant)
     tokenizer_dir = args.tokenizer

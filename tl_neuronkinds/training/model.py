@@ -20,13 +20,18 @@ VARIANTS = ("standard", "nopos")
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Sizes of the tiny OPT (OPT-125m is 50272 / 768 / 12 / 12 / 3072 / 2048)."""
+    """Sizes of the tiny OPT (OPT-125m is 50272 / 768 / 12 / 12 / 3072 / 2048).
+
+    ``d_mlp`` is 16 x ``d_model`` (OPT: 4 x): the paper finds more neurons give more dead
+    neurons and more dedicated (token-detecting) ones (§3, §4.2); with 512 neurons per layer
+    our tiny model had no token detectors at all.
+    """
 
     vocab_size: int = 8192
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
-    d_mlp: int = 512
+    d_mlp: int = 2048
     n_ctx: int = 256
 
 
