@@ -18,6 +18,9 @@ from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.profile import NeuronProfile
 
 _RUN_FILE = "run.json"
+# The demo records the first 64k held-out tokens (a few minutes on two CPU cores); the whole
+# held-out split is `tl-neuronkinds profile --out DIR`.
+_DEMO_TOKENS = 65536
 # The columns of the per-layer summary printed at the end (all are in summary_layers.csv).
 _SUMMARY_COLUMNS = [
     "n_neurons",
@@ -73,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html")
     demo = sub.add_parser("demo", help="the main job on the embedded model and corpus")
     demo.add_argument("--out", default="neuronkinds-demo", help="output directory")
+    demo.add_argument("--tokens", type=int, default=_DEMO_TOKENS, help="held-out tokens to record")
     return parser
 
 
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "profile":
             profile_command(args)
         elif args.command == "demo":
-            profile_command(_parser().parse_args(["profile", "--out", args.out, "--overwrite"]))
+            demo_args = ["profile", "--out", args.out, "--tokens", str(args.tokens), "--overwrite"]
+            profile_command(_parser().parse_args(demo_args))
         else:
             raise NeuronKindsError("`report` arrives with the report issue; use `profile` for now")
     except NeuronKindsError as err:
