@@ -54,8 +54,8 @@ def _checkpoint(size: str | None, n_layers: int | None, directory: Path) -> Path
     return directory
 
 
-def _load(checkpoint: Path, tokens: int, seq_len: int | None):
-    model = nk.load_opt(checkpoint, device="cpu")
+def _load(checkpoint: Path, tokens: int, seq_len: int | None, device: str):
+    model = nk.load_opt(checkpoint, device=device)
     corpus = nk.Corpus.embedded(split="train")
     ids = corpus.tokenize(
         model.tokenizer, seq_len=seq_len or model.cfg.n_ctx, n_tokens=tokens, progress=False
@@ -70,7 +70,7 @@ def _peak_rss_mb() -> float:
 def _bare(model, tokens, batch_size: int) -> None:
     with torch.inference_mode():
         for i in range(0, len(tokens), batch_size):
-            model(tokens[i : i + batch_size], stop_at_layer=model.cfg.n_layers)
+            model(tokens[i : i + batch_size].to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
 
 
 def _record(model, tokens, batch_size: int) -> nk.NeuronProfile:
@@ -84,10 +84,10 @@ def _naive(model, tokens, batch_size: int) -> dict:
     with torch.inference_mode():
         for i in range(0, len(tokens), batch_size):
             _, cache = model.run_with_cache(
-                tokens[i : i + batch_size], names_filter=names.__contains__
+                tokens[i : i + batch_size].to(model.cfg.device), names_filter=names.__contains__
             )
             for name in names:
-                cached[name].append(cache[name].numpy())
+                cached[name].append(cache[name].cpu().numpy())
     toks = tokens.numpy()
     text = toks != 2
     results = {}
@@ -106,11 +106,10 @@ def _naive(model, tokens, batch_size: int) -> dict:
     return results
 
 
-def run_one(
-    method: str, checkpoint: Path, tokens: int, seq_len: int | None, batch_size: int, threads: int
-) -> dict:
-    torch.set_num_threads(threads)
-    model, ids = _load(checkpoint, tokens, seq_len)
+def run_one(method: str, args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    batch_size = args.batch_size
+    model, ids = _load(args.checkpoint, args.tokens, args.seq_len, args.device)
     start = time.perf_counter()
     result: dict = {}
     if method == "bare":
@@ -131,6 +130,7 @@ def run_one(
         seconds=seconds,
         tokens_per_s=ids.numel() / seconds,
         peak_rss_mb=_peak_rss_mb(),
+        peak_device_mb=torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
     )
     return result
 
@@ -154,6 +154,8 @@ def _spawn(method: str, args: argparse.Namespace, checkpoint: Path, tokens: int)
         str(args.batch_size),
         "--threads",
         str(args.threads),
+        "--device",
+        args.device,
     ]
     if args.seq_len:
         cmd += ["--seq-len", str(args.seq_len)]
@@ -177,23 +179,13 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--one", choices=["bare", "record", "naive"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.one:
-        print(
-            json.dumps(
-                run_one(
-                    args.one,
-                    args.checkpoint,
-                    args.tokens,
-                    args.seq_len,
-                    args.batch_size,
-                    args.threads,
-                )
-            )
-        )
+        print(json.dumps(run_one(args.one, args)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = _checkpoint(args.size, args.n_layers, Path(tmp))
