@@ -129,6 +129,10 @@ class NeuronRecorder:
     def ngram_max(self) -> int:
         return self._builder.ngram_max
 
+    @property
+    def bos_token_id(self) -> int:
+        return self._builder.bos_token_id
+
     @contextmanager
     def recording(self, tokens: torch.Tensor) -> Iterator["NeuronRecorder"]:
         """Hook the model while the block runs; count the forwards made on ``tokens``.
@@ -257,7 +261,7 @@ def record(
     merged profile back (API.md, "Distributed").
     """
     recorder = NeuronRecorder(model, layers, threshold, ngram_max, bos_token_id=bos_token_id)
-    check_tokens(tokens, model, recorder._builder.bos_token_id)
+    check_tokens(tokens, model, recorder.bos_token_id)
     rank, world_size = _world()
     local = tokens[rank::world_size]
     seq_len = tokens.shape[1]
