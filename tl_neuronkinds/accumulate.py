@@ -103,12 +103,13 @@ class _LayerAccumulator:
         self.active = torch.zeros(d_mlp, dtype=torch.int64, device=device)
         self.active_text = torch.zeros(d_mlp, dtype=torch.int64, device=device)
         self.pos_active = torch.zeros(seq_len, d_mlp, dtype=torch.int64, device=device)
-        self.ngrams = {n: SparseCounter(device) for n in range(1, ngram_max + 1)}
         self.dense_unigrams = (
             torch.zeros(d_vocab, d_mlp, dtype=torch.int64, device=device)
             if d_vocab * d_mlp <= _DENSE_UNIGRAM_ELEMENTS
             else None
         )
+        first_sparse = 1 if self.dense_unigrams is None else 2
+        self.ngrams = {n: SparseCounter(device) for n in range(first_sparse, ngram_max + 1)}
 
     def add(self, ctx: BatchContext, active: Bool[torch.Tensor, "batch pos d_mlp"]) -> None:
         # Summing uint8 into int32 is several times faster than summing bool (into int64).
@@ -144,16 +145,18 @@ class _LayerAccumulator:
             g, i = block.nonzero(as_tuple=True)
             self.ngrams[n].add(groups.group_ids[g0 + g] * self.d_mlp + i, block[g, i])
 
-    def _unigram_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.dense_unigrams is None:
-            return self.ngrams[1].table()
-        flat = self.dense_unigrams.reshape(-1)
+    @staticmethod
+    def _dense_unigram_table(
+        dense: Int[torch.Tensor, "d_vocab d_mlp"],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = dense.reshape(-1)
         keys = flat.nonzero().squeeze(1)  # row-major: token * d_mlp + neuron, ascending
         return keys.cpu(), flat[keys].cpu()
 
     def counts(self) -> LayerCounts:
         tables = {n: c.table() for n, c in self.ngrams.items()}
-        tables[1] = self._unigram_table()
+        if self.dense_unigrams is not None:
+            tables[1] = self._dense_unigram_table(self.dense_unigrams)
         return LayerCounts(
             active=self.active.cpu(),
             active_text=self.active_text.cpu(),
