@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tl_neuronkinds import recording
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.profile import NeuronProfile
 
@@ -101,7 +102,7 @@ def _settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
     return {
         "model": args.model or "embedded",
-        "config_hash": _config_hash(model),
+        "config_hash": recording.model_config_hash(model),
         "corpus": list(args.corpus),
         "tokens": args.tokens,
         "seq_len": args.seq_len or model.cfg.n_ctx,
@@ -109,16 +110,9 @@ def _settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     }
 
 
-def _config_hash(model: Any) -> str:
-    from tl_neuronkinds.recording import model_config_hash
-
-    return model_config_hash(model)
-
-
 def profile_command(args: argparse.Namespace) -> None:
     """Record (or resume), then write the profile, classification and summaries to ``--out``."""
     from tl_neuronkinds.loading import load_opt
-    from tl_neuronkinds.recording import record
 
     out = Path(args.out)
     model = load_opt(args.model or _embedded_model(), device=args.device, offload=args.offload)
@@ -137,7 +131,7 @@ def profile_command(args: argparse.Namespace) -> None:
     profile = partial
     for first in range(done_rows, tokens.shape[0], every):
         chunk = tokens[first : first + every]
-        part = record(
+        part = recording.record(
             model,
             chunk,
             layers=settings["layers"],
