@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from opt_fixtures import make_tiny_opt, tiny_tokenizer
+from profile_checks import assert_same
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import cli, recording
@@ -112,11 +112,7 @@ def test_interrupted_run_resumes_to_the_same_profile(
     )
     a, b = nk.NeuronProfile.load(straight / "profile"), nk.NeuronProfile.load(resumed / "profile")
     assert a.n_positions == b.n_positions == 320
-    for layer in a.layers:
-        assert torch.equal(a.counts[layer].pos_active, b.counts[layer].pos_active)
-        for n in (1, 2, 3):
-            assert torch.equal(a.counts[layer].ngram_keys[n], b.counts[layer].ngram_keys[n])
-            assert torch.equal(a.counts[layer].ngram_counts[n], b.counts[layer].ngram_counts[n])
+    assert_same(a, b)
 
 
 def test_bad_input_is_reported_not_raised(checkpoint, tmp_path, capsys) -> None:
