@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tl_neuronkinds import embedded_corpus
 from tl_neuronkinds.corpus import Corpus
-from tl_neuronkinds.embedded_corpus import embedded_documents, is_heldout
+from tl_neuronkinds.corpus import embedded as embedded_corpus
+from tl_neuronkinds.corpus.embedded import embedded_documents, is_heldout
 from tl_neuronkinds.errors import NeuronKindsError
 
 BOS, SEP = 0, 2  # the byte tokenizer's <s> and </s>: distinct, so separators are visible

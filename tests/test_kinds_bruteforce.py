@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tl_neuronkinds.accumulate import profile_from_activations
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import (
     classify,
@@ -35,6 +34,7 @@ from tl_neuronkinds.kinds import (
     token_detectors,
 )
 from tl_neuronkinds.recording import record
+from tl_neuronkinds.recording.accumulate import profile_from_activations
 
 BOS = 2
 TYPE_RANK = {"other": 0, "one_extreme": 1, "both_extremes": 2, "oscillatory": 3}

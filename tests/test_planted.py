@@ -15,8 +15,8 @@ from tl_neuronkinds.kinds import (
     position_teams,
     positional_neurons,
 )
-from tl_neuronkinds.profile import NeuronProfile
 from tl_neuronkinds.recording import record
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 
 @pytest.fixture(scope="module")

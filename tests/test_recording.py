@@ -11,8 +11,8 @@ from profile_checks import assert_same
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 import tl_neuronkinds as nk
-from tl_neuronkinds import accumulate
-from tl_neuronkinds.ngram_keys import ngram_ids, split_ngram_ids
+from tl_neuronkinds.recording import accumulate
+from tl_neuronkinds.recording.keys import ngram_ids, split_ngram_ids
 
 BOS = 2
 D_VOCAB = 40

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, OPTForCausalLM
 from tl_neuronkinds.corpus import Corpus
 from tl_neuronkinds.data import embedded_model_dir
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.train import _parser
+from tl_neuronkinds.training.cli import _parser
 from tl_neuronkinds.training.config import TrainConfig
 from tl_neuronkinds.training.loop import RECORD_NAME, lr_at, train
 from tl_neuronkinds.training.model import ModelShape, build_model

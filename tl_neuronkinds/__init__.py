@@ -8,7 +8,6 @@ first used.
 
 from typing import Any
 
-from tl_neuronkinds.accumulate import profile_from_activations
 from tl_neuronkinds.corpus import Corpus
 from tl_neuronkinds.data import embedded_model_dir
 from tl_neuronkinds.errors import NeuronKindsError
@@ -21,8 +20,13 @@ from tl_neuronkinds.kinds import (
     positional_neurons,
     token_detectors,
 )
-from tl_neuronkinds.profile import LayerCounts, NeuronProfile
-from tl_neuronkinds.recording import NeuronRecorder, record
+from tl_neuronkinds.recording import (
+    LayerCounts,
+    NeuronProfile,
+    NeuronRecorder,
+    profile_from_activations,
+    record,
+)
 from tl_neuronkinds.version import __version__
 
 __all__ = [

@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tl_neuronkinds import recording
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording import recorder as recording
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 _RUN_FILE = "run.json"
 # The demo records the first 64k held-out tokens (a few minutes on two CPU cores); the whole

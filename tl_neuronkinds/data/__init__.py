@@ -1,4 +1,4 @@
-"""Data shipped with the package: the embedded models (tiny OPTs trained by ``tl_neuronkinds.train``)."""
+"""Data shipped with the package: the embedded models (tiny OPTs trained by ``tl_neuronkinds.training``)."""
 
 from pathlib import Path
 

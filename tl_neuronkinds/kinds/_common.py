@@ -1,7 +1,7 @@
 """Checks shared by the kinds: cut-off arguments and the n-gram orders a profile holds."""
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 
 def check_percent(name: str, value: int) -> int:

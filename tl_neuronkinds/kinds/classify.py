@@ -10,7 +10,7 @@ from tl_neuronkinds.kinds.ngrams import (
     layer_coverage,
 )
 from tl_neuronkinds.kinds.positional import check_cutoffs, layer_positional, type_labels
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 COLUMNS = [
     "layer",

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 
 def dead_neurons(profile: NeuronProfile) -> pd.DataFrame:

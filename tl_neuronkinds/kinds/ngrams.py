@@ -25,7 +25,7 @@ import pandas as pd
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds._common import check_order, check_percent, check_positive_int
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 # Figure 2's buckets of k95, as inclusive integer ranges: "1k-2k" is 1001..2000 because 1000
 # already falls in "201-1k", and likewise "2k-50k" is 2001..50000.

@@ -38,7 +38,7 @@ import pandas as pd
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds._common import check_positive_int
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 TYPES = ["other", "one_extreme", "both_extremes", "oscillatory"]  # ranked, index = rank
 # Neurons per chunk of the [T-1, d_mlp] arrays (bounds memory for OPT-66b's 36,864 neurons).

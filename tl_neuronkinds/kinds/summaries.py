@@ -18,7 +18,7 @@ from tl_neuronkinds.kinds.ngrams import (
     ngram_coverage,
 )
 from tl_neuronkinds.kinds.positional import TYPES, positional_neurons
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.profile import NeuronProfile
 
 
 def _by_layer(profile: NeuronProfile, frame: pd.DataFrame) -> pd.DataFrame:

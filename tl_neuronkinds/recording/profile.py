@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.ngram_keys import merge_tables
+from tl_neuronkinds.recording.keys import merge_tables
 
 FORMAT_VERSION = 1
 _COUNTS_FILE = "counts.safetensors"

@@ -1,11 +1,11 @@
-"""Train the embedded models: ``python -m tl_neuronkinds.train --variant standard|nopos``.
+"""Train the embedded models: ``python -m tl_neuronkinds.training --variant standard|nopos``.
 
 The defaults reproduce the shipped checkpoints in ``tl_neuronkinds/data/``: first the standard
 model (which also trains the tokenizer), then the nopos model (paper §5.4), which reuses the
 standard model's tokenizer::
 
-    python -m tl_neuronkinds.train --variant standard --threads 1
-    python -m tl_neuronkinds.train --variant nopos --threads 1
+    python -m tl_neuronkinds.training --variant standard --threads 1
+    python -m tl_neuronkinds.training --variant nopos --threads 1
 """
 
 import argparse
@@ -24,7 +24,7 @@ _DEFAULTS = TrainConfig()
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tl_neuronkinds.train", description=__doc__.split("\n")[0]
+        prog="python -m tl_neuronkinds.training", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--variant", choices=VARIANTS, default="standard")
     parser.add_argument("--out", type=Path, help="output directory (default: the shipped one)")

@@ -19,9 +19,9 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from tl_neuronkinds.accumulate import ProfileBuilder
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.profile import NeuronProfile
+from tl_neuronkinds.recording.accumulate import ProfileBuilder
+from tl_neuronkinds.recording.profile import NeuronProfile
 from tl_neuronkinds.version import __version__
 
 HOOK_NAME = "blocks.{layer}.mlp.hook_post"

@@ -12,7 +12,7 @@ Three domains, interleaved deterministically:
   imported).
 - **arithmetic**: ``N_ARITHMETIC`` question-and-answer pairs in the style of DeepMind
   Mathematics (Saxton et al. 2019), e.g. ``"What is 37 + -12?\\nAnswer: 25"``, drawn with
-  ``random.Random(seed)`` (see :mod:`tl_neuronkinds.arithmetic`).
+  ``random.Random(seed)`` (see :mod:`tl_neuronkinds.corpus.arithmetic`).
 
 Within a domain the documents are shuffled with a generator seeded by ``seed``; the domains are
 then merged in proportion to their characters, so every prefix of the stream (what
@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, no_type_check
 
-from tl_neuronkinds.arithmetic import arithmetic_problem
+from tl_neuronkinds.corpus.arithmetic import arithmetic_problem
 
 #: Number of generated arithmetic problems (one document each).
 N_ARITHMETIC = 150_000

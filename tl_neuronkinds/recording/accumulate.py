@@ -19,8 +19,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.ngram_keys import SparseCounter, check_key_space, ngram_ids
-from tl_neuronkinds.profile import LayerCounts, NeuronProfile
+from tl_neuronkinds.recording.keys import SparseCounter, check_key_space, ngram_ids
+from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
 
 # Largest [groups, d_mlp] int32 block built at once (64 MiB).
 _BLOCK_ELEMENTS = 1 << 24

@@ -1,0 +1,13 @@
+"""Recording: from a model's hooks to a NeuronProfile of counts.
+
+``recorder.py`` (``NeuronRecorder``: hooks on ``blocks.{l}.mlp.hook_post``) feeds
+``accumulate.py`` (per-layer counters on the activations' device), which keys n-grams with
+``keys.py``; ``record.py`` drives whole runs (batches, the n-gram plan, checkpoints,
+``torch.distributed``); ``profile.py`` holds the result (``NeuronProfile``: save, load, merge).
+"""
+
+from tl_neuronkinds.recording.accumulate import profile_from_activations
+from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
+from tl_neuronkinds.recording.recorder import NeuronRecorder, record
+
+__all__ = ["LayerCounts", "NeuronProfile", "NeuronRecorder", "profile_from_activations", "record"]
