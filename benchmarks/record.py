@@ -117,7 +117,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     elif method == "record":
         profile = _record(model, ids, batch_size)
         result["keys_per_layer"] = {
-            str(layer): {n: int(c.ngram_keys[n].numel()) for n in (1, 2, 3)}
+            str(layer): {n: int(c.ngrams[n].keys.numel()) for n in (1, 2, 3)}
             for layer, c in profile.counts.items()
         }
         result["profile_bytes_per_layer"] = _profile_bytes(profile)
@@ -140,7 +140,7 @@ def _profile_bytes(profile: nk.NeuronProfile) -> dict:
     return {
         "active+active_text": 2 * 8 * profile.d_mlp,
         "pos_active": 8 * profile.seq_len * profile.d_mlp,
-        **{f"ngram_{n}": 16 * int(layer.ngram_keys[n].numel()) for n in (1, 2, 3)},
+        **{f"ngram_{n}": 16 * int(layer.ngrams[n].keys.numel()) for n in (1, 2, 3)},
     }
 
 

@@ -13,12 +13,12 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile) -> None:
     )
     assert torch.equal(x.pos_text_seqs, y.pos_text_seqs)
     for n in range(1, x.ngram_max + 1):
-        assert torch.equal(x.ngram_occ_ids[n], y.ngram_occ_ids[n])
-        assert torch.equal(x.ngram_occ_counts[n], y.ngram_occ_counts[n])
+        assert torch.equal(x.occurrences[n].keys, y.occurrences[n].keys)
+        assert torch.equal(x.occurrences[n].counts, y.occurrences[n].counts)
     for layer in x.layers:
         cx, cy = x.counts[layer], y.counts[layer]
         for name in ("active", "active_text", "pos_active"):
             assert torch.equal(getattr(cx, name), getattr(cy, name))
         for n in range(1, x.ngram_max + 1):
-            assert torch.equal(cx.ngram_keys[n], cy.ngram_keys[n])
-            assert torch.equal(cx.ngram_counts[n], cy.ngram_counts[n])
+            assert torch.equal(cx.ngrams[n].keys, cy.ngrams[n].keys)
+            assert torch.equal(cx.ngrams[n].counts, cy.ngrams[n].counts)

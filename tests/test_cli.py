@@ -9,8 +9,7 @@ from opt_fixtures import make_tiny_opt, tiny_tokenizer
 from profile_checks import assert_same
 
 import tl_neuronkinds as nk
-from tl_neuronkinds import cli
-from tl_neuronkinds.recording import recorder as recording
+from tl_neuronkinds import cli, recording
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
 

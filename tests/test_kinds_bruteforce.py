@@ -374,7 +374,7 @@ def test_record_on_hooked_transformer_matches_brute_force(seed):
         tokens, names_filter=lambda name: name.endswith("mlp.hook_post")
     )
     acts = {layer: cache[f"blocks.{layer}.mlp.hook_post"] for layer in range(2)}
-    profile = record(model, tokens, bos_token_id=BOS, progress=False)
+    profile = record(model, tokens, ngram_cap=None, bos_token_id=BOS, progress=False)
     cuts = dict(k_max=5, coverage=95, mi_threshold=0.05, min_run=8, delta=0.05, smooth_r2=0.9)
     ref = reference(
         tokens, acts, threshold=0.0, ngram_max=3, k_max=5, coverage=95, mi=0.05, min_run=8, delta=0.05,

@@ -70,10 +70,10 @@ def brute_force(tokens: torch.Tensor, acts: torch.Tensor, threshold: float = 0.0
 
 def table(profile: nk.NeuronProfile, layer: int, n: int) -> Counter:
     c = profile.counts[layer]
-    grams = split_ngram_ids(c.ngram_keys[n] // profile.d_mlp, n, profile.d_vocab).tolist()
-    neurons = (c.ngram_keys[n] % profile.d_mlp).tolist()
+    grams = split_ngram_ids(c.ngrams[n].keys // profile.d_mlp, n, profile.d_vocab).tolist()
+    neurons = (c.ngrams[n].keys % profile.d_mlp).tolist()
     return Counter(
-        {(tuple(g), i): v for g, i, v in zip(grams, neurons, c.ngram_counts[n].tolist())}
+        {(tuple(g), i): v for g, i, v in zip(grams, neurons, c.ngrams[n].counts.tolist())}
     )
 
 
@@ -85,9 +85,9 @@ def assert_matches(profile: nk.NeuronProfile, layer: int, ref: dict) -> None:
     assert profile.pos_text_seqs.tolist() == ref["pos_seqs"]
     for n in (1, 2, 3):
         assert table(profile, layer, n) == ref["ngrams"][n]
-        ids = split_ngram_ids(profile.ngram_occ_ids[n], n, profile.d_vocab).tolist()
+        ids = split_ngram_ids(profile.occurrences[n].keys, n, profile.d_vocab).tolist()
         assert (
-            Counter({tuple(g): o for g, o in zip(ids, profile.ngram_occ_counts[n].tolist())})
+            Counter({tuple(g): o for g, o in zip(ids, profile.occurrences[n].counts.tolist())})
             == ref["occ"][n]
         )
 
@@ -102,9 +102,10 @@ def assert_matches(profile: nk.NeuronProfile, layer: int, ref: dict) -> None:
 def test_record_equals_brute_force(
     seed: int, batch_size: int, threshold: float, dense_unigrams: bool
 ) -> None:
-    limit = 1 << 25 if dense_unigrams else 0  # exercise both unigram tables
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(accumulate, "_DENSE_UNIGRAM_ELEMENTS", limit)
+        if not dense_unigrams:  # every unigram table turns sparse at once
+            patch.setattr(accumulate, "_SPARSE_MIN_BYTES", 0)
+            patch.setattr(accumulate, "_SPARSE_DENSITY", 1 << 40)
         check_record_against_brute_force(seed, batch_size, threshold)
 
 
@@ -113,7 +114,13 @@ def check_record_against_brute_force(seed: int, batch_size: int, threshold: floa
     tokens = random_tokens(seed)
     tokens[seed % 5, 3 + seed % 7] = BOS  # a document separator sharing BOS's id
     profile = nk.record(
-        model, tokens, threshold=threshold, batch_size=batch_size, bos_token_id=BOS, progress=False
+        model,
+        tokens,
+        threshold=threshold,
+        ngram_cap=None,
+        batch_size=batch_size,
+        bos_token_id=BOS,
+        progress=False,
     )
     _, cache = model.run_with_cache(tokens)
     assert profile.n_seqs == 5 and profile.n_positions == 60
@@ -154,9 +161,9 @@ def test_recorder_beside_user_hooks_and_layer_subset() -> None:
 def test_two_forwards_count_twice_and_merge_is_exact(tmp_path) -> None:
     model = tiny_model()
     a, b = random_tokens(2), random_tokens(3)
-    whole = nk.record(model, torch.cat([a, b]), bos_token_id=BOS, progress=False)
-    pa = nk.record(model, a, bos_token_id=BOS, progress=False)
-    pb = nk.record(model, b, bos_token_id=BOS, progress=False)
+    whole = nk.record(model, torch.cat([a, b]), ngram_cap=None, bos_token_id=BOS, progress=False)
+    pa = nk.record(model, a, ngram_cap=None, bos_token_id=BOS, progress=False)
+    pb = nk.record(model, b, ngram_cap=None, bos_token_id=BOS, progress=False)
     pb.save(tmp_path / "b")
     merged = nk.NeuronProfile.merge([pa, nk.NeuronProfile.load(tmp_path / "b")])
     assert_same(merged, whole)

@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tl_neuronkinds import recording
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.recording import recorder as recording
+from tl_neuronkinds.recording.identity import model_config_hash
 from tl_neuronkinds.recording.profile import NeuronProfile
 
 _RUN_FILE = "run.json"
@@ -102,7 +103,7 @@ def _settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
     return {
         "model": args.model or "embedded",
-        "config_hash": recording.model_config_hash(model),
+        "config_hash": model_config_hash(model),
         "corpus": list(args.corpus),
         "tokens": args.tokens,
         "seq_len": args.seq_len or model.cfg.n_ctx,

@@ -64,8 +64,8 @@ class LayerCoverage:
 
 def _occurrences(profile: NeuronProfile, layer: int, n: int, gid: np.ndarray) -> np.ndarray:
     """o_g for each entry of ``gid`` (non-decreasing n-gram ids, the profile's key order)."""
-    occ_ids = profile.ngram_occ_ids[n].numpy()
-    occ_counts = profile.ngram_occ_counts[n].numpy()
+    occ_ids = profile.occurrences[n].keys.numpy()
+    occ_counts = profile.occurrences[n].counts.numpy()
     first = np.ones(gid.shape, dtype=bool)
     first[1:] = gid[1:] != gid[:-1]
     distinct = gid[first]
@@ -96,8 +96,8 @@ def layer_coverage(
     """k95, covered n-grams and the detector test for every neuron of ``layer`` (see module)."""
     d_mlp = profile.d_mlp
     layer_counts = profile.counts[layer]
-    keys = layer_counts.ngram_keys[n].numpy()
-    key_count = layer_counts.ngram_counts[n].numpy()
+    keys = layer_counts.ngrams[n].keys.numpy()
+    key_count = layer_counts.ngrams[n].counts.numpy()
     key_gid = keys // d_mlp
     key_neuron = keys - key_gid * d_mlp
     occurrences = _occurrences(profile, layer, n, key_gid)

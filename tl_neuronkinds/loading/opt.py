@@ -39,6 +39,7 @@ from tl_neuronkinds.loading.streaming import (
     HostFn,
     attach_streamer,
 )
+from tl_neuronkinds.recording.identity import remember_fingerprint, weights_fingerprint
 
 _DTYPES = {
     "float32": torch.float32,
@@ -279,6 +280,7 @@ def _build_hooked(
     _assign(model, state)
     if tok is not None:
         model.set_tokenizer(tok)
+    _remember_fingerprint(model, checkpoint, cfg.num_hidden_layers, dtype)
     return model.eval()
 
 
@@ -335,7 +337,18 @@ def _build_bridge(
     if offload is not None:
         host = _host_fn(offload, cfg.num_hidden_layers, block, device)
         attach_streamer(bridge, BlockStreamer(offload, list(bridge.blocks), params, host, bridge))
+    _remember_fingerprint(bridge, checkpoint, cfg.num_hidden_layers, dtype)
     return bridge.eval()
+
+
+def _remember_fingerprint(
+    model: Any, checkpoint: Checkpoint, n_layers: int, dtype: torch.dtype
+) -> None:
+    """Fingerprint the weights now, from the checkpoint's ``fc1.bias`` (= each block's ``b_in``),
+    since a streamed model's blocks are not resident later (``recording/identity.py``)."""
+    keys = [_BLOCK_PREFIX.format(layer=layer) + "fc1.bias" for layer in range(n_layers)]
+    biases = checkpoint.read(keys)
+    remember_fingerprint(model, weights_fingerprint(model.W_E, [biases[k].to(dtype) for k in keys]))
 
 
 def _fix_post_ln_hook_shapes(bridge: Any) -> None:

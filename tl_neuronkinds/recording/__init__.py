@@ -8,6 +8,7 @@
 
 from tl_neuronkinds.recording.accumulate import profile_from_activations
 from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
-from tl_neuronkinds.recording.recorder import NeuronRecorder, record
+from tl_neuronkinds.recording.record import record
+from tl_neuronkinds.recording.recorder import NeuronRecorder
 
 __all__ = ["LayerCounts", "NeuronProfile", "NeuronRecorder", "profile_from_activations", "record"]

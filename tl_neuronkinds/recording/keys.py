@@ -11,15 +11,59 @@ up to 36,864 a trigram key stays below 2**63, so every count is kept exactly in 
 keys, positive counts); tables merge by concatenation and a sort.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 
 from tl_neuronkinds.errors import NeuronKindsError
 
 _INT64_MAX = 2**63 - 1
 # Pending keys below which runs wait rather than merge (keeps merges few and large).
 _MIN_MERGE = 1 << 22
+
+
+class Table(NamedTuple):
+    """A sparse count table: sorted unique int64 ``keys`` and their positive int64 ``counts``."""
+
+    keys: Int[torch.Tensor, " k"]
+    counts: Int[torch.Tensor, " k"]
+
+    @classmethod
+    def empty(cls, device: torch.device | str = "cpu") -> "Table":
+        return cls(
+            torch.zeros(0, dtype=torch.int64, device=device),
+            torch.zeros(0, dtype=torch.int64, device=device),
+        )
+
+    def of_neurons(self, keep: Bool[torch.Tensor, " d_mlp"]) -> "Table":
+        """The entries of the (n-gram, neuron) pairs whose neuron ``keep`` marks."""
+        chosen = keep.to(self.keys.device)[self.keys % keep.numel()]
+        return Table(self.keys[chosen], self.counts[chosen])
+
+    def neuron_tails(
+        self, d_mlp: int, k: int
+    ) -> tuple[Int[torch.Tensor, " d_mlp"], Int[torch.Tensor, " d_mlp"]]:
+        """Per neuron (keys ``g * d_mlp + i``): its total count ``A`` and its *tail*, ``A``
+        less the sum of its ``k`` largest counts (0 where it has at most ``k`` entries).
+
+        One sort of (neuron, count) packed into int64, then cumulative sums per neuron.
+        """
+        device = self.keys.device
+        neuron = self.keys % d_mlp
+        top = int(self.counts.max()) if self.counts.numel() else 0
+        shift = max(1, top.bit_length())
+        packed, _ = torch.sort((neuron << shift) | (top - self.counts))
+        neuron_sorted = packed >> shift
+        count_sorted = top - (packed & ((1 << shift) - 1))
+        running = torch.zeros(packed.numel() + 1, dtype=torch.int64, device=device)
+        torch.cumsum(count_sorted, 0, out=running[1:])
+        ids = torch.arange(d_mlp, device=device)
+        start = torch.searchsorted(neuron_sorted, ids, side="left")
+        end = torch.searchsorted(neuron_sorted, ids, side="right")
+        total = running[end] - running[start]
+        return total, running[end] - running[torch.minimum(start + k, end)]
 
 
 def check_key_space(n: int, d_vocab: int, d_mlp: int) -> None:
@@ -54,7 +98,7 @@ def split_ngram_ids(ids: Int[torch.Tensor, " g"], n: int, d_vocab: int) -> Int[t
 
 def merge_tables(
     keys: list[Int[torch.Tensor, " _k"]], counts: list[Int[torch.Tensor, " _k"]]
-) -> tuple[Int[torch.Tensor, " k"], Int[torch.Tensor, " k"]]:
+) -> Table:
     """Merge sparse count tables into one: sorted unique keys, counts summed per key.
 
     The inputs are sorted runs, so on the CPU NumPy's stable sort (a timsort, which finds and
@@ -62,7 +106,7 @@ def merge_tables(
     radix sort. Equal keys are then summed as differences of a cumulative sum.
     """
     if len(keys) == 1:
-        return keys[0], counts[0]
+        return Table(keys[0], counts[0].to(torch.int64))
     all_keys = torch.cat(keys)
     all_counts = torch.cat(counts).to(torch.int64)
     if all_keys.device.type == "cpu":
@@ -73,7 +117,7 @@ def merge_tables(
     unique, run_lengths = torch.unique_consecutive(sorted_keys, return_counts=True)
     totals = torch.cumsum(all_counts[order], 0)[torch.cumsum(run_lengths, 0) - 1]
     totals[1:] -= totals[:-1].clone()
-    return unique, totals
+    return Table(unique, totals)
 
 
 class SparseCounter:
@@ -109,7 +153,23 @@ class SparseCounter:
         )
         self._pending_keys, self._pending_counts, self._pending_size = [], [], 0
 
-    def table(self) -> tuple[Int[torch.Tensor, " k"], Int[torch.Tensor, " k"]]:
+    def table(self) -> Table:
         """The merged table as CPU int64 tensors (sorted keys, counts)."""
+        merged = self.device_table()
+        return Table(merged.keys.cpu(), merged.counts.cpu())
+
+    def device_table(self) -> Table:
+        """The merged table, on the counter's device."""
         self._flush()
-        return self._keys.cpu(), self._counts.cpu()
+        return Table(self._keys, self._counts)
+
+    def restrict(self, keep: Bool[torch.Tensor, " d_mlp"]) -> None:
+        """Drop the pairs of the neurons ``keep`` does not mark (keys ``g * d_mlp + i``)."""
+        self._flush()
+        self._keys, self._counts = Table(self._keys, self._counts).of_neurons(keep)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (merged table and pending runs)."""
+        pending = sum(k.numel() for k in self._pending_keys)
+        return 16 * (self._keys.numel() + pending)

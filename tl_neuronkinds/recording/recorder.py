@@ -1,14 +1,22 @@
-"""Recording neuron activity from a model's hooks: NeuronRecorder and the record() driver.
+"""NeuronRecorder: counts FFN neuron activity from ``blocks.{l}.mlp.hook_post`` during any forward.
 
-``NeuronRecorder`` adds forward hooks on ``blocks.{l}.mlp.hook_post`` through TransformerLens's
-own hook API (``model.hooks``), so it runs inside any hook-based experiment, next to the user's
-own hooks, on HookedTransformer and TransformerBridge alike. The hooks feed the accumulators of
-``accumulate.py``; nothing is kept of the activations beyond one layer of one batch.
+It runs inside a user's own hook-based experiment, next to their hooks, on HookedTransformer
+and TransformerBridge alike. Three PyTorch hooks, all removed when ``recording()`` exits:
+
+- a forward pre-hook on ``model.embed`` takes each forward's tokens from the forward itself
+  (both model classes call ``embed(tokens)`` first), so any loop of batches inside one
+  ``recording()`` counts each batch against its own tokens;
+- a forward hook on each recorded ``blocks.{l}.mlp.hook_post`` HookPoint counts its output.
+  By default (``see="after_user_hooks"``) it runs after every other hook on that point, so the
+  profile counts the activation the model goes on with: a user's ablation shows in it. With
+  ``see="before_user_hooks"`` it runs before them and counts the activation as computed. The
+  order is re-established at the start of every forward, after the user's hooks were added.
+
+A forward counts once it has reached every recorded layer; one that stops part-way (an error,
+or ``stop_at_layer`` below the last recorded layer) makes the recorder refuse to give a profile.
 """
 
 import hashlib
-import json
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,44 +25,20 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from tqdm.auto import tqdm
+from torch.utils.hooks import RemovableHandle
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.recording.accumulate import ProfileBuilder
+from tl_neuronkinds.recording.accumulate import BatchContext, ProfileBuilder
+from tl_neuronkinds.recording.identity import model_identity, token_strings
+from tl_neuronkinds.recording.plan import Plan, choose_plan
 from tl_neuronkinds.recording.profile import NeuronProfile
 from tl_neuronkinds.version import __version__
 
 HOOK_NAME = "blocks.{layer}.mlp.hook_post"
-# Tokens per forward when batch_size is None: the paper's 64k-token chunks on a GPU; less on a CPU.
-_AUTO_TOKENS = {"cuda": 65536, "cpu": 16384}
-
-
-def model_config_hash(model: Any) -> str:
-    """A short hash of what identifies a model's neurons: its name and shapes."""
-    cfg = model.cfg
-    fields = {
-        k: str(getattr(cfg, k, None))
-        for k in (
-            "model_name",
-            "n_layers",
-            "d_model",
-            "d_mlp",
-            "d_vocab",
-            "n_ctx",
-            "n_heads",
-            "act_fn",
-        )
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
-    """Each token id's text as the tokenizer decodes it; ``<id>`` for ids it does not have."""
-    if tokenizer is None:
-        return [f"<{i}>" for i in range(d_vocab)]
-    n = min(len(tokenizer), d_vocab)
-    decoded = tokenizer.batch_decode([[i] for i in range(n)])
-    return list(decoded) + [f"<{i}>" for i in range(n, d_vocab)]
+SEE = ("after_user_hooks", "before_user_hooks")
+#: A recorder given a cap but no plan counts every neuron's n-grams until it has seen this many
+#: positions, then fixes the plan from their unigram counts (``plan.choose_plan``).
+PLAN_SAMPLE_POSITIONS = 1 << 14
 
 
 class NeuronRecorder:
@@ -63,18 +47,24 @@ class NeuronRecorder:
     Use it around your own forwards, alone or beside your own hooks::
 
         recorder = NeuronRecorder(model)
-        with recorder.recording(tokens):
-            model(tokens)
+        with recorder.recording():
+            for batch in batches:
+                model.run_with_hooks(batch, fwd_hooks=my_hooks)
         profile = recorder.profile()
-
-    Every forward inside ``recording(tokens)`` must run on exactly ``tokens`` (the n-gram and
-    position counts are taken from them); each forward counts once.
 
     Args:
         model: A HookedTransformer or TransformerBridge.
         layers: Layers to record (default: all).
         threshold: Active means activation > threshold (SPEC.md "Terms"; 0.0 for OPT's ReLU).
         ngram_max: Largest n-gram order counted (1–3; §4 and Appendix A use 1, 2, 3).
+        ngram_cap: The n-gram cap (SPEC.md). None (default here) keeps every neuron's n >= 2
+            counts. With a cap and no ``plan`` the recorder counts every neuron's n-grams for
+            its first ``PLAN_SAMPLE_POSITIONS`` positions, then only the planned neurons'; a
+            neuron the plan missed is reported as unknown (``nk.record`` recounts it instead).
+        plan: Layer -> bool mask of the neurons whose n >= 2 counts to keep (e.g. another
+            profile's ``.plan``, so that the two merge without unknowns).
+        see: ``"after_user_hooks"`` (count what the model goes on with) or
+            ``"before_user_hooks"`` (count the activation as computed).
         bos_token_id: BOS id; default: the model's tokenizer's.
     """
 
@@ -85,11 +75,17 @@ class NeuronRecorder:
         threshold: float = 0.0,
         ngram_max: int = 3,
         *,
+        ngram_cap: int | None = None,
+        plan: Plan | None = None,
+        see: str = "after_user_hooks",
         bos_token_id: int | None = None,
     ) -> None:
         cfg = model.cfg
         self.model = model
-        self.layers = _check_layers(layers, cfg.n_layers)
+        self.layers = check_layers(layers, cfg.n_layers)
+        if see not in SEE:
+            raise NeuronKindsError(f"see must be one of {SEE}, got {see!r}")
+        self.see = see
         tokenizer = getattr(model, "tokenizer", None)
         if bos_token_id is None:
             bos_token_id = getattr(tokenizer, "bos_token_id", None)
@@ -110,16 +106,19 @@ class NeuronRecorder:
             d_vocab=cfg.d_vocab,
             threshold=threshold,
             ngram_max=ngram_max,
+            ngram_cap=ngram_cap,
+            plan=plan,
             bos_token_id=int(bos_token_id),
             token_strings=token_strings(tokenizer, cfg.d_vocab),
             meta={
-                "model_name": str(getattr(cfg, "model_name", "")),
-                "config_hash": model_config_hash(model),
+                **model_identity(model),
                 "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
                 "package_version": __version__,
             },
         )
+        self._plan_pending = ngram_cap is not None and plan is None and ngram_max >= 2
         self._broken: str | None = None
+        self._forward: _Forward | None = None
 
     @property
     def threshold(self) -> float:
@@ -130,56 +129,140 @@ class NeuronRecorder:
         return self._builder.ngram_max
 
     @property
+    def ngram_cap(self) -> int | None:
+        return self._builder.ngram_cap
+
+    @property
     def bos_token_id(self) -> int:
         return self._builder.bos_token_id
 
-    @contextmanager
-    def recording(self, tokens: torch.Tensor) -> Iterator["NeuronRecorder"]:
-        """Hook the model while the block runs; count the forwards made on ``tokens``.
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the recorder's count tables."""
+        return self._builder.nbytes
 
-        ``tokens`` is ``Int[batch pos]`` (checked here, with a NeuronKindsError where it is not).
+    @contextmanager
+    def recording(self, tokens: torch.Tensor | None = None) -> Iterator["NeuronRecorder"]:
+        """Hook the model while the block runs; every forward inside it is counted once.
+
+        Each forward's tokens are taken from the forward itself. ``tokens``, where given
+        (``Int[batch pos]``), is a promise that every forward runs on exactly these tokens:
+        a forward on others raises a NeuronKindsError.
         """
-        check_tokens(tokens, self.model, self._builder.bos_token_id)
-        state: dict[str, Any] = {"ctx": None, "calls": dict.fromkeys(self.layers, 0)}
-        hooks = [
-            (HOOK_NAME.format(layer=layer), partial(self._hook, layer, tokens, state))
-            for layer in self.layers
-        ]
-        try:
-            with self.model.hooks(fwd_hooks=hooks):
-                yield self
-        except BaseException:
-            if state["ctx"] is not None:
-                self._broken = "a forward inside recording() failed part-way"
-            raise
-        calls = set(state["calls"].values())
-        if calls == {0}:
-            return
-        if len(calls) != 1:
-            self._broken = f"layers were reached unequally often: {state['calls']}"
+        if tokens is not None:
+            check_tokens(tokens, self.model, self.bos_token_id)
+        embed = getattr(self.model, "embed", None)
+        if not isinstance(embed, torch.nn.Module):
             raise NeuronKindsError(
-                f"recording(): {self._broken}; did a forward stop before the last recorded layer?"
+                f"{type(self.model).__name__} has no `embed` module to take each forward's "
+                "tokens from"
             )
-        for _ in range(calls.pop()):
-            self._builder.add_tokens(state["ctx"])
+        points = {
+            layer: self.model.hook_dict[HOOK_NAME.format(layer=layer)] for layer in self.layers
+        }
+        handles: dict[int, RemovableHandle] = {}
+
+        def order_hooks() -> None:
+            for layer, point in points.items():
+                if layer in handles:
+                    handles[layer].remove()
+                handles[layer] = point.register_forward_hook(
+                    partial(self._hook, layer), prepend=self.see == "before_user_hooks"
+                )
+
+        def start_forward(_module: Any, args: tuple) -> None:
+            self._end_forward()
+            batch = args[0] if args else None
+            if not isinstance(batch, torch.Tensor):
+                raise NeuronKindsError("embed() was called without a token tensor")
+            if tokens is not None and not torch.equal(batch, tokens.to(batch.device)):
+                raise NeuronKindsError(
+                    "a forward inside recording(tokens) ran on other tokens than those given; "
+                    "use recording() with no argument to count whatever each forward runs on"
+                )
+            check_tokens(batch, self.model, self.bos_token_id)
+            order_hooks()
+            self._forward = _Forward(self._builder.context(batch))
+
+        pre = embed.register_forward_pre_hook(start_forward)
+        try:
+            order_hooks()
+            yield self
+            self._end_forward()
+        except BaseException:
+            if self._forward is not None and self._forward.reached:
+                self._broken = "a forward inside recording() failed part-way"
+            self._forward = None
+            raise
+        finally:
+            pre.remove()
+            for handle in handles.values():
+                handle.remove()
 
     def _hook(
         self,
         layer: int,
-        tokens: torch.Tensor,
-        state: dict[str, Any],
+        _module: Any,
+        _args: tuple,
         acts: Float[torch.Tensor, "batch pos d_mlp"],
-        hook: Any,
     ) -> None:
-        if acts.shape[:2] != tokens.shape:
+        forward = self._forward
+        if forward is None:
             raise NeuronKindsError(
-                f"{hook.name}: activations of shape {tuple(acts.shape)} do not match the tokens "
-                f"given to recording() {tuple(tokens.shape)}"
+                f"{HOOK_NAME.format(layer=layer)} ran in a forward that did not start from "
+                "tokens (e.g. start_at_layer): the recorder cannot know its tokens"
             )
-        if state["ctx"] is None:
-            state["ctx"] = self._builder.context(tokens.to(acts.device))
-        self._builder.add_layer(state["ctx"], layer, acts.detach())
-        state["calls"][layer] += 1
+        if layer in forward.reached:
+            raise NeuronKindsError(f"layer {layer} was reached twice in one forward")
+        if acts.shape[:2] != forward.ctx.text.shape:
+            raise NeuronKindsError(
+                f"{HOOK_NAME.format(layer=layer)}: activations of shape {tuple(acts.shape)} do "
+                f"not match the forward's tokens {tuple(forward.ctx.text.shape)}"
+            )
+        self._builder.add_layer(forward.ctx, layer, acts.detach())
+        forward.reached.add(layer)
+
+    def _end_forward(self) -> None:
+        """Count the forward that just ran (its tokens) once it reached every recorded layer."""
+        forward, self._forward = self._forward, None
+        if forward is None or not forward.reached:
+            return
+        if forward.reached != set(self.layers):
+            self._broken = (
+                f"a forward reached layers {sorted(forward.reached)} of {self.layers} "
+                "(did it stop before the last recorded layer?)"
+            )
+            raise NeuronKindsError(f"recording(): {self._broken}")
+        self._builder.add_tokens(forward.ctx)
+        if self._plan_pending and self._builder.n_seqs * (self._builder.seq_len or 0) >= (
+            PLAN_SAMPLE_POSITIONS
+        ):
+            sample = self._builder.profile()
+            self.fix_plan(choose_plan(sample, self._builder.ngram_cap or 0, sample.ngram_max))
+
+    def fix_plan(self, plan: Plan) -> None:
+        """Keep n >= 2 counts only for the neurons ``plan`` names from now on."""
+        self._builder.restrict(plan)
+        self._plan_pending = False
+
+    def review(
+        self,
+        fraction_done: float,
+        carried: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None,
+        expected: dict[int, dict[int, torch.Tensor]] | None = None,
+    ) -> None:
+        """Drop planned neurons whose n-gram tails already prove ``k95_n > cap``, keeping the
+        tails as proof (``plan.review_drop``). Keeps memory flat over long runs; ``nk.record``
+        calls it for you.
+
+        Args:
+            fraction_done: How far into the run you are, in (0, 1].
+            carried: Layer -> n -> (tail bounds, activations) of earlier parts of the run.
+            expected: Layer -> n -> projected activations of the whole run, per neuron.
+        """
+        if not 0 < fraction_done <= 1:
+            raise NeuronKindsError(f"fraction_done must be in (0, 1], got {fraction_done!r}")
+        self._builder.review(fraction_done, carried, expected)
 
     def profile(self, *, corpus: str | None = None) -> NeuronProfile:
         """The counts recorded so far as a NeuronProfile (CPU tensors)."""
@@ -191,6 +274,14 @@ class NeuronRecorder:
         if corpus is not None:
             profile.meta["corpus"] = corpus
         return profile
+
+
+class _Forward:
+    """One forward in progress: its batch context and the layers it has reached."""
+
+    def __init__(self, ctx: BatchContext) -> None:
+        self.ctx = ctx
+        self.reached: set[int] = set()
 
 
 def check_tokens(tokens: Any, model: Any, bos_token_id: int) -> None:
@@ -219,10 +310,15 @@ def check_tokens(tokens: Any, model: Any, bos_token_id: int) -> None:
         )
 
 
-def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
+def check_layers(layers: Any, n_layers: int) -> list[int]:
+    """Sorted distinct layer indices, or a NeuronKindsError naming what is wrong."""
     if layers is None:
         return list(range(n_layers))
-    chosen = sorted({int(layer) for layer in layers})
+    if isinstance(layers, int | str) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in layers
+    ):
+        raise NeuronKindsError(f"layers must be a list of layer indices, got {layers!r}")
+    chosen = sorted(set(layers))
     if not chosen or chosen[0] < 0 or chosen[-1] >= n_layers:
         raise NeuronKindsError(
             f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}"
@@ -230,83 +326,8 @@ def _check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
     return chosen
 
 
-def record(
-    model: Any,
-    tokens: torch.Tensor,
-    layers: list[int] | None = None,
-    threshold: float = 0.0,
-    ngram_max: int = 3,
-    batch_size: int | None = None,
-    *,
-    corpus: str | None = None,
-    progress: bool | None = None,
-    bos_token_id: int | None = None,
-) -> NeuronProfile:
-    """Run ``tokens`` through ``model`` in batches and return the NeuronProfile of its neurons.
-
-    Each forward stops after the last recorded layer (``stop_at_layer``), so no logits are
-    computed; streamed (offloaded) models load only the blocks that run.
-
-    Args:
-        model: A HookedTransformer or TransformerBridge (e.g. from ``load_opt``).
-        tokens: ``Int[n_seq pos]`` with BOS at position 0 of every row (checked, with a
-            NeuronKindsError where it is not).
-        layers, threshold, ngram_max: As for ``NeuronRecorder``.
-        batch_size: Sequences per forward (default: about 64k tokens on a GPU, 16k on a CPU).
-        corpus: A description of the corpus, stored with the profile.
-        progress: Show a progress bar with tokens/s (default: when stderr is a terminal).
-
-    Under an initialised ``torch.distributed`` process group every rank calls ``record`` with the
-    same full ``tokens``; rank r records rows ``r::world_size`` and every rank gets the one
-    merged profile back (API.md, "Distributed").
-    """
-    recorder = NeuronRecorder(model, layers, threshold, ngram_max, bos_token_id=bos_token_id)
-    check_tokens(tokens, model, recorder.bos_token_id)
-    rank, world_size = _world()
-    local = tokens[rank::world_size]
-    seq_len = tokens.shape[1]
-    device = _model_device(model)
-    if batch_size is None:
-        batch_size = max(1, _AUTO_TOKENS.get(device.type, _AUTO_TOKENS["cuda"]) // seq_len)
-    if batch_size < 1:
-        raise NeuronKindsError(f"batch_size must be positive, got {batch_size}")
-    stop = recorder.layers[-1] + 1
-    disable = (None if progress is None else not progress) if rank == 0 else True
-    bar = tqdm(total=local.numel(), unit="tok", unit_scale=True, desc="record", disable=disable)
-    start = time.perf_counter()
-    with torch.inference_mode(), bar:
-        for first in range(0, local.shape[0], batch_size):
-            batch = local[first : first + batch_size].to(device)
-            with recorder.recording(batch):
-                model(batch, stop_at_layer=stop)
-            bar.update(batch.numel())
-    profile = recorder.profile(corpus=corpus) if local.shape[0] else None
-    if world_size > 1:
-        profile = _gather(profile, world_size)
-    assert profile is not None  # check_tokens ensured at least one row
-    profile.meta["record_seconds"] = round(time.perf_counter() - start, 3)
-    return profile
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world_size) under an initialised torch.distributed process group, else (0, 1)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _gather(profile: NeuronProfile | None, world_size: int) -> NeuronProfile:
-    """Every rank's profile, merged (exactly, as counts add), returned on every rank."""
-    parts: list[NeuronProfile | None] = [None] * world_size
-    torch.distributed.all_gather_object(parts, profile)
-    merged = NeuronProfile.merge([p for p in parts if p is not None])
-    merged.meta["world_size"] = world_size
-    return merged
-
-
-def _model_device(model: Any) -> torch.device:
-    device = getattr(model.cfg, "device", None)
-    if device is None:
-        return next(model.parameters()).device
-    return torch.device(device)
+def tokens_digest(tokens: torch.Tensor) -> str:
+    """A short hash of a token tensor's shape and ids (what a resumed run must see again)."""
+    data = tokens.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
+    shape = "x".join(map(str, tokens.shape)).encode()
+    return hashlib.sha256(shape + b":" + data).hexdigest()[:16]
