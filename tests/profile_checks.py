@@ -3,22 +3,43 @@
 import torch
 
 import tl_neuronkinds as nk
+from tl_neuronkinds.recording import plan
 
 
-def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile) -> None:
+def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True) -> None:
+    """Equal settings, totals and every count, n-gram state (complete, tail) and plan.
+
+    ``tails=False`` compares the tail bounds only by what they prove (every incomplete active
+    neuron censored in both): they depend on when a review dropped a neuron, which under
+    torch.distributed each rank decides on its own share.
+    """
     assert (x.n_seqs, x.n_positions, x.n_text_positions) == (
         y.n_seqs,
         y.n_positions,
         y.n_text_positions,
     )
+    assert (x.layers, x.ngram_max, x.ngram_cap) == (y.layers, y.ngram_max, y.ngram_cap)
     assert torch.equal(x.pos_text_seqs, y.pos_text_seqs)
     for n in range(1, x.ngram_max + 1):
         assert torch.equal(x.occurrences[n].keys, y.occurrences[n].keys)
         assert torch.equal(x.occurrences[n].counts, y.occurrences[n].counts)
+    plan_x, plan_y = x.plan, y.plan
+    assert (plan_x is None) == (plan_y is None)
     for layer in x.layers:
         cx, cy = x.counts[layer], y.counts[layer]
         for name in ("active", "active_text", "pos_active"):
-            assert torch.equal(getattr(cx, name), getattr(cy, name))
+            assert torch.equal(getattr(cx, name), getattr(cy, name)), (layer, name)
+        if plan_x is not None and plan_y is not None:
+            assert torch.equal(plan_x[layer], plan_y[layer]), (layer, "plan")
         for n in range(1, x.ngram_max + 1):
-            assert torch.equal(cx.ngrams[n].keys, cy.ngrams[n].keys)
-            assert torch.equal(cx.ngrams[n].counts, cy.ngrams[n].counts)
+            assert torch.equal(cx.ngrams[n].keys, cy.ngrams[n].keys), (layer, n)
+            assert torch.equal(cx.ngrams[n].counts, cy.ngrams[n].counts), (layer, n)
+            assert torch.equal(x.complete(layer, n), y.complete(layer, n)), (layer, n)
+            if tails:
+                assert torch.equal(x.tail(layer, n), y.tail(layer, n)), (layer, n)
+            elif n >= 2 and x.ngram_cap is not None:
+                for profile in (x, y):
+                    lacking = ~profile.complete(layer, n).numpy() & (
+                        plan.ngram_active(profile, layer, n) > 0
+                    )
+                    assert plan.censored(profile, layer, n)[lacking].all(), (layer, n)

@@ -17,6 +17,7 @@ listed in ``state.json`` is ignored and removed.
 """
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,11 @@ class RunCheckpoint:
     """
 
     def __init__(
-        self, directory: str | Path, settings: dict[str, Any], rank: int = 0, world_size: int = 1
+        self,
+        directory: str | os.PathLike,
+        settings: dict[str, Any],
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         root = Path(directory)
         self.dir = root if world_size == 1 else root / f"rank-{rank}-of-{world_size}"

@@ -22,6 +22,7 @@ every rank gets the one merged profile back.
 """
 
 import math
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -76,7 +77,7 @@ def record(
     progress: bool | None = None,
     bos_token_id: int | None = None,
     plan: Plan | None = None,
-    checkpoint_dir: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
 ) -> NeuronProfile:
     """Run ``tokens`` through ``model`` in batches and return the NeuronProfile of its neurons.
@@ -175,7 +176,9 @@ def record(
         if segments and capped:
             plan = _still_counted(segments[-1])
         recorder = make(plan=plan) if capped else make()
-        reviews = _Reviews(recorder, local.shape[0], carried, expected)
+        # Reviews already made before a resumed run's last checkpoint are not made again.
+        made = sum(point * local.shape[0] <= done_rows for point in REVIEWS)
+        reviews = _Reviews(recorder, local.shape[0], carried, expected, made)
         for first in range(done_rows, local.shape[0], every):
             rows = local[first : first + every]
             _record_rows(recorder, model, rows, batch, bar, partial(reviews.after, first))
