@@ -17,6 +17,13 @@ from pathlib import Path
 from tl_neuronkinds.errors import NeuronKindsError
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a file written by a library that forces 0600 (safetensors) the umask's mode."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _temp_name(target: Path, tag: str = "") -> Path:
     return target.parent / f".{target.name}.{tag}{secrets.token_hex(4)}.tmp"
 

@@ -44,7 +44,7 @@ from jaxtyping import Bool, Int
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tl_neuronkinds.atomic import atomic_dir
+from tl_neuronkinds.atomic import atomic_dir, follow_umask
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.recording.keys import Table, merge_tables
 
@@ -193,6 +193,7 @@ class NeuronProfile:
         """
         with atomic_dir(directory) as tmp:
             save_file(_narrowed(_flatten(self)), str(tmp / _COUNTS_FILE))
+            follow_umask(tmp / _COUNTS_FILE)
             header = {
                 "format_version": FORMAT_VERSION,
                 "sha256": {_COUNTS_FILE: _sha256(tmp / _COUNTS_FILE)},
