@@ -52,6 +52,9 @@ def _neurons() -> list[list[tuple[dict[int, float], float, dict]]]:
             {"kind": "token_detector", "triggers": set(words)},
         )
 
+    def bigram(trigger: str) -> dict:
+        return {"kind": "ngram_detector", "ngram": 2, "triggers": {trigger}}
+
     def positions(chosen: list[int], kind: str) -> tuple[dict[int, float], float, dict]:
         expect = {"kind": "positional", "pos_type": kind, "pos_strength": "strong"}
         return {POS + p: 1.0 for p in chosen}, -0.5, expect
@@ -72,11 +75,11 @@ def _neurons() -> list[list[tuple[dict[int, float], float, dict]]]:
         dead,
         detector(" cat", " Cat"),
         detector(" the"),
-        ({prev[" big"]: 1.0, tok[" dog"]: 1.0}, -1.5, {"kind": "ngram_detector", "ngram": 2}),
+        ({prev[" big"]: 1.0, tok[" dog"]: 1.0}, -1.5, bigram(" big dog")),
         (
             {PREV2 + _id(" the"): 1.0, prev[" red"]: 1.0, tok[" sun"]: 1.0},
             -2.5,
-            {"kind": "ngram_detector", "ngram": 3},
+            {"kind": "ngram_detector", "ngram": 3, "triggers": {" the red sun"}},
         ),
         positions(_positions(lambda p: 20 <= p <= 40), "both_extremes"),
         positions(block(0, 2), "oscillatory"),
@@ -98,7 +101,7 @@ def _neurons() -> list[list[tuple[dict[int, float], float, dict]]]:
         positions(block(0, 4), "oscillatory"),
         positions(block(1, 4), "oscillatory"),
         positions(block(2, 4), "oscillatory"),
-        ({prev[" the"]: 1.0, tok[" cat"]: 1.0}, -1.5, {"kind": "ngram_detector", "ngram": 2}),
+        ({prev[" the"]: 1.0, tok[" cat"]: 1.0}, -1.5, bigram(" the cat")),
         ({}, 1.0, other),
         ({TOK + t: 1.0 for t in TEXT[6:]}, -0.5, other),
         *[dead] * 6,

@@ -5,6 +5,7 @@ position, neuron) of the raw activations with Python loops, dict counters and Fr
 """
 
 import math
+import warnings
 from collections import Counter
 from fractions import Fraction
 
@@ -18,6 +19,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import (
+    UndecidableWarning,
     classify,
     dead_neurons,
     fig1a,
@@ -35,6 +37,10 @@ from tl_neuronkinds.kinds import (
 )
 from tl_neuronkinds.recording import record
 from tl_neuronkinds.recording.accumulate import profile_from_activations
+from tl_neuronkinds.recording.profile import NeuronProfile
+
+# Every profile here is tiny: the warning that kinds rest on little data is expected.
+pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
 
 BOS = 2
 TYPE_RANK = {"other": 0, "one_extreme": 1, "both_extremes": 2, "oscillatory": 3}
@@ -94,7 +100,9 @@ def _smooth_r2(fs: list[float | None]) -> float:
     return 1 - sum((y - q) ** 2 for y, q in pairs) / ss_tot
 
 
-def reference(tokens, acts, *, threshold, ngram_max, k_max, coverage, mi, min_run, delta, smooth):
+def reference(
+    tokens, acts, *, threshold, ngram_max, k_max, coverage, mi, min_run, delta, smooth, min_count=0
+):
     """Every kind, per (layer, neuron), from raw activations with plain loops."""
     toks = tokens.tolist()
     n_seq, seq_len = len(toks), len(toks[0])
@@ -125,6 +133,7 @@ def reference(tokens, acts, *, threshold, ngram_max, k_max, coverage, mi, min_ru
                 covered = [g for g in c if c[g] > 0 and 100 * c[g] >= coverage * o[g]]
                 detector = (
                     k95 is not None
+                    and total >= min_count
                     and k95 <= k_max
                     and 100 * sum(c[g] for g in covered) >= coverage * total
                 )
@@ -240,7 +249,17 @@ def check_against_reference(profile, ref, *, ngram_max, **cuts) -> None:
         assert row["token_detector"] == r["det_1"]
         assert row["ngram_detector_2"] == r.get("det_2", False)
         assert row["ngram_detector_3"] == r.get("det_3", False)
-        assert row["triggers"] == [strings[g[0]] for g in r["trig_1"]]
+        assert row["evidence"] == r["A_1"]
+        expect_n = next((n for n in range(1, ngram_max + 1) if r[f"det_{n}"]), None)
+        assert (None if pd.isna(row["trigger_n"]) else row["trigger_n"]) == expect_n
+        expect = [] if expect_n is None else r[f"trig_{expect_n}"]
+        assert row["triggers"] == ["".join(strings[t] for t in g) for g in expect]
+        for n in (2, 3):
+            status = row[f"k95_{n}_status"]
+            if n > ngram_max:
+                assert pd.isna(status)
+            else:
+                assert status == ("undefined" if r[f"k95_{n}"] is None else "exact")
         curve = freqs[row["layer"]][row["neuron"]]
         assert curve.tolist() == [x for x in r["f_p"] if x is not None]
         assert curve.index.tolist() == [p for p, x in enumerate(r["f_p"], 1) if x is not None]
@@ -383,6 +402,20 @@ def test_record_on_hooked_transformer_matches_brute_force(seed):
     check_against_reference(profile, ref, ngram_max=3, **cuts)
 
 
+def test_triggers_of_ngram_detectors_are_ngram_strings():
+    """A neuron that is only a bigram detector lists its bigrams as strings, trigger_n = 2."""
+    tokens = torch.tensor([[BOS, 3, 4, 5, 3, 4, 3, 5, 4, 4, 3, 4]])
+    prev = torch.roll(tokens, 1, dims=1)
+    acts = {0: torch.stack([(prev == 3) & (tokens == 4), tokens == 5], -1).float()}
+    names = ["<s>", "<pad>", "</s>", " the", " cat", " sat"]
+    profile = profile_from_activations(tokens, acts, d_vocab=6, token_strings=names)
+    table = classify(profile)
+    assert table["triggers"].tolist() == [[" the cat"], [" sat"]]
+    assert table["trigger_n"].tolist() == [2, 1]
+    assert str(table["trigger_n"].dtype) == "Int64"
+    assert token_detectors(profile, 2)["triggers"][0] == [(" the", " cat")]
+
+
 def _small_profile(ngram_max: int = 3):
     tokens, acts = random_case(7, 4, 12, 5, 4, 1, 0.0)
     return profile_from_activations(tokens, acts, d_vocab=5, ngram_max=ngram_max)
@@ -393,13 +426,15 @@ def test_orders_not_recorded_are_na_and_false():
     assert (
         list(table.columns)
         == (
-            "layer neuron count freq dead bos_only k95_1 k95_2 k95_3 token_detector triggers "
-            "ngram_detector_2 ngram_detector_3 pos_mi positional pos_type pos_strength kind"
+            "layer neuron count freq dead bos_only evidence k95_1 k95_2 k95_3 k95_2_status "
+            "k95_3_status token_detector triggers trigger_n ngram_detector_2 ngram_detector_3 "
+            "pos_mi positional pos_type pos_strength kind"
         ).split()
     )
     assert table["k95_2"].isna().all() and table["k95_3"].isna().all()
     assert not table["ngram_detector_2"].any() and not table["ngram_detector_3"].any()
     assert str(table["k95_2"].dtype) == "Int64"
+    assert table["k95_2_status"].isna().all() and table["k95_3_status"].isna().all()
 
 
 @pytest.mark.parametrize(
@@ -454,3 +489,247 @@ def test_every_positional_type_and_strength():
     )
     assert [(ref[0, i]["type"], ref[0, i]["strength"]) for i in range(len(curves))] == list(curves)
     check_against_reference(profile, ref, ngram_max=3, **cuts)
+
+
+# ----------------------------------------------------------------------------- capped profiles
+def check_capped(profile, ref, *, cap, ngram_max, merged=False, **cuts) -> None:
+    """A capped profile's kinds: every exact value is the exhaustive one, every censored k95 is
+    really above the cap, every decided detector and trigger is the exhaustive one; NA only
+    where nothing can decide it (k_max above the cap, or counts without a certificate)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = classify(profile, **cuts)
+    undecidable = [w for w in caught if issubclass(w.category, UndecidableWarning)]
+    coverage = {n: ngram_coverage(profile, n, coverage=cuts["coverage"]) for n in (2, 3)[: ngram_max - 1]}  # fmt: skip
+    strings = profile.token_strings
+    any_na = False
+    for idx, row in table.iterrows():
+        r = ref[row["layer"], row["neuron"]]
+        assert row["evidence"] == r["A_1"] and row["token_detector"] == r["det_1"]
+        assert row["k95_1"] == r["k95_1"] if r["k95_1"] is not None else pd.isna(row["k95_1"])
+        for n in range(2, ngram_max + 1):
+            exhaustive, status = r[f"k95_{n}"], row[f"k95_{n}_status"]
+            assert coverage[n].loc[idx, "status"] == status
+            assert coverage[n].loc[idx, "A"] == r[f"A_{n}"]
+            if status == "exact":
+                assert row[f"k95_{n}"] == exhaustive
+            else:
+                assert pd.isna(row[f"k95_{n}"])
+            assert (status == "undefined") == (exhaustive is None)
+            if status == "censored":
+                assert exhaustive > cap
+            if not merged and cuts["coverage"] >= 95:
+                assert status != "unknown"  # what a finished recording guarantees
+            det = row[f"ngram_detector_{n}"]
+            if pd.isna(det):
+                any_na = True
+                assert cuts["k_max"] > cap or status == "unknown"
+                assert not (r["dead"] or r["det_1"]) or row["kind"] != "unknown"
+            else:
+                assert det == r[f"det_{n}"]
+            if cuts["k_max"] <= cap and cuts["coverage"] >= 95 and not merged:
+                assert not pd.isna(det)
+        decided = [n for n in range(2, ngram_max + 1) if not pd.isna(row[f"ngram_detector_{n}"])]
+        if len(decided) == ngram_max - 1 or r["det_1"]:
+            expect_n = next((n for n in range(1, ngram_max + 1) if r[f"det_{n}"]), None)
+            expect = [] if expect_n is None else r[f"trig_{expect_n}"]
+            assert row["triggers"] == ["".join(strings[t] for t in g) for g in expect]
+            assert row["kind"] == r["kind"]
+        else:
+            assert row["kind"] in (r["kind"], "unknown")
+    assert len(undecidable) == int(any_na)
+    for n in range(2, ngram_max + 1):
+        column = table[f"ngram_detector_{n}"]
+        assert str(column.dtype) == ("boolean" if column.isna().any() else "bool")
+        _check_capped_fig2(profile, ref, n, cap, cuts["coverage"])
+
+
+def _check_capped_fig2(profile, ref, n, cap, coverage) -> None:
+    """fig2 on a capped profile: buckets up to the cap, '>cap', 'undefined', 'unknown'."""
+    table = fig2(profile, n, coverage=coverage)
+    statuses = ngram_coverage(profile, n, coverage=coverage)
+    cut = [(lo, min(hi, cap)) for lo, hi in BUCKETS if lo <= cap]
+    assert list(table.columns)[len(cut) :] == [f">{cap}", "undefined", "unknown"]
+    for layer in profile.layers:
+        rows = statuses[statuses["layer"] == layer]
+        known, unknown = [], 0
+        for (_, i), status in zip(rows[["layer", "neuron"]].values, rows["status"], strict=True):
+            r = ref[layer, i]
+            if r["dead"]:
+                continue
+            if status == "unknown":
+                unknown += 1
+            else:
+                known.append(r[f"k95_{n}"])
+        got = table.loc[layer].tolist()
+        expect = [sum(1 for k in known if k is not None and lo <= k <= hi) for lo, hi in cut]
+        expect += [sum(1 for k in known if k is not None and k > cap)]
+        assert got == [*expect, sum(1 for k in known if k is None), unknown]
+
+
+@settings(
+    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_seq=st.integers(1, 6),
+    seq_len=st.integers(2, 24),
+    d_vocab=st.integers(3, 9),
+    d_mlp=st.integers(1, 6),
+    ngram_max=st.integers(2, 3),
+    cap=st.sampled_from([5, 6, 10]),
+    k_max=st.sampled_from([1, 5, 6, 12]),
+    coverage=st.sampled_from([50, 95, 100]),
+    min_count=st.sampled_from([0, 0, 3]),
+)
+def test_capped_kinds_match_brute_force(
+    seed, n_seq, seq_len, d_vocab, d_mlp, ngram_max, cap, k_max, coverage, min_count
+):
+    tokens, acts = random_case(seed, n_seq, seq_len, d_vocab, d_mlp, 1, 0.0)
+    names = [f"t{t}" for t in range(d_vocab)]
+    capped = profile_from_activations(
+        tokens, acts, d_vocab=d_vocab, ngram_max=ngram_max, ngram_cap=cap, token_strings=names
+    )
+    ref = reference(
+        tokens, acts, threshold=0.0, ngram_max=ngram_max, k_max=k_max, coverage=coverage,
+        mi=0.05, min_run=8, delta=0.05, smooth=0.9, min_count=min_count,
+    )  # fmt: skip
+    cuts = dict(k_max=k_max, coverage=coverage, min_count=min_count)
+    check_capped(capped, ref, cap=cap, ngram_max=ngram_max, **cuts)
+
+
+@settings(
+    max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_seq=st.integers(2, 8),
+    seq_len=st.integers(2, 24),
+    d_vocab=st.integers(3, 9),
+    d_mlp=st.integers(1, 6),
+    cap=st.sampled_from([5, 6]),
+    coverage=st.sampled_from([90, 95]),
+)
+def test_merged_capped_profiles_never_give_a_wrong_number(
+    seed, n_seq, seq_len, d_vocab, d_mlp, cap, coverage
+):
+    """Halves capped on their own keep different neurons: the merge is exact or says so."""
+    tokens, acts = random_case(seed, n_seq, seq_len, d_vocab, d_mlp, 1, 0.0)
+    names = [f"t{t}" for t in range(d_vocab)]
+    half = n_seq // 2
+    parts = [
+        profile_from_activations(
+            tokens[rows], {0: acts[0][rows]}, d_vocab=d_vocab, ngram_cap=cap, token_strings=names
+        )
+        for rows in (slice(0, half), slice(half, n_seq))
+    ]
+    merged = NeuronProfile.merge(parts)
+    ref = reference(
+        tokens, acts, threshold=0.0, ngram_max=3, k_max=5, coverage=coverage, mi=0.05,
+        min_run=8, delta=0.05, smooth=0.9,
+    )  # fmt: skip
+    check_capped(merged, ref, cap=cap, ngram_max=3, merged=True, k_max=5, coverage=coverage)
+
+
+def _designed_case(cap: int):
+    """Neurons at the cap's edges: k95_2 == cap (kept), cap + 1 with distinct last tokens
+    (censored by the unigram bound too), cap + 1 bigrams with one last token (censored by the
+    tail only), activity only at position 1 (trigrams undefined), and separators inside rows."""
+    rng = np.random.default_rng(cap)
+    d_vocab, n_seq, seq_len = 4 + 2 * cap, 6, 40
+    tokens = rng.integers(3, d_vocab, size=(n_seq, seq_len))
+    tokens[:, 0] = BOS
+    tokens[:, 20] = BOS  # a document separator inside every row
+    prev = np.roll(tokens, 1, axis=1)
+    positions = [(s, p) for s in range(n_seq) for p in range(2, seq_len) if tokens[s, p] != BOS]
+    bigram = {sp: (prev[sp], tokens[sp]) for sp in positions}
+
+    def pick(k: int, same_last: bool) -> list:
+        """One position each of k distinct bigrams: all ending in one token, or in k tokens."""
+        for last in range(3, d_vocab) if same_last else [None]:
+            chosen: dict = {}
+            for sp in positions:
+                g = bigram[sp]
+                if g not in chosen and (
+                    g[1] == last if same_last else g[1] not in {h[1] for h in chosen}
+                ):
+                    chosen[g] = sp
+                if len(chosen) == k:
+                    return list(chosen.values())
+        raise AssertionError("no such positions")
+
+    active = np.zeros((n_seq, seq_len, 5), dtype=bool)
+    for i, (k, same) in enumerate([(cap, False), (cap + 1, False), (cap + 1, True)]):
+        for sp in pick(k, same):
+            active[sp[0], sp[1], i] = True
+    active[:3, 1, 3] = True  # only at position 1: A_3 = 0
+    active[..., 4] = tokens == 3  # a token detector
+    return torch.tensor(tokens), {0: torch.tensor(active, dtype=torch.float32)}, d_vocab
+
+
+@pytest.mark.parametrize("cap", [5, 6])
+def test_neurons_at_the_cap(cap):
+    tokens, acts, d_vocab = _designed_case(cap)
+    names = [f"t{t}" for t in range(d_vocab)]
+    ref = reference(
+        tokens, acts, threshold=0.0, ngram_max=3, k_max=5, coverage=95, mi=0.05, min_run=8,
+        delta=0.05, smooth=0.9,
+    )  # fmt: skip
+    # Neurons 0-2 are active once on each of k distinct bigrams: k95_2 = ceil(95% of k) = k.
+    k95 = [ref[0, i]["k95_2"] for i in range(4)]
+    assert k95[1] == k95[2] == cap + 1 and ref[0, 2]["k95_1"] == 1
+    assert ref[0, 3]["k95_3"] is None and ref[0, 3]["k95_2"] is not None
+    capped = profile_from_activations(
+        tokens, acts, d_vocab=d_vocab, ngram_cap=cap, token_strings=names
+    )
+    exhaustive = profile_from_activations(tokens, acts, d_vocab=d_vocab, token_strings=names)
+    table = classify(capped)
+    statuses = table["k95_2_status"].tolist()
+    assert statuses[1:3] == ["censored", "censored"] and statuses[0] == "exact"
+    assert table["k95_2"][0] == k95[0] <= cap
+    assert table["k95_3_status"][3] == "undefined"
+    check_capped(capped, ref, cap=cap, ngram_max=3, k_max=5, coverage=95)
+    same = ["token_detector", "ngram_detector_2", "ngram_detector_3", "triggers", "kind"]
+    pd.testing.assert_frame_equal(table[same], classify(exhaustive)[same])
+    # k_max above the cap: censored neurons 1 and 2 cannot be decided.
+    with pytest.warns(UndecidableWarning, match=r"above the profile's ngram_cap"):
+        wide = classify(capped, k_max=cap + 1)
+    assert wide["ngram_detector_2"].isna().tolist()[:4] == [False, True, True, False]
+    assert wide["kind"][1] == wide["kind"][2] == "unknown"
+    assert str(wide["ngram_detector_2"].dtype) == "boolean"
+
+
+def test_merge_that_kept_different_neurons_reports_unknown():
+    """Part A keeps the neuron (one bigram, k95 = 1), part B drops it (seven bigrams once each,
+    k95 > cap = 5): merged, neither its tail nor its unigram bound (every bigram ends in one
+    token) proves k95_2 > 5, so it is unknown and its detector test NA, never guessed."""
+    seq_len = 16
+    part_a = torch.tensor([[BOS] + [3, 4] * 7 + [3]] * 8)
+    row_b = [BOS]
+    for first in range(5, 12):
+        row_b += [first, 4]
+    part_b = torch.tensor([row_b + [3]])
+    assert part_a.shape[1] == part_b.shape[1] == seq_len
+    tokens = torch.cat([part_a, part_b])
+    acts = {0: torch.stack([tokens == 4, tokens == 3], -1).float()}
+    names = [f"t{t}" for t in range(12)]
+    parts = [
+        profile_from_activations(
+            t, {0: a}, d_vocab=12, ngram_max=2, ngram_cap=5, token_strings=names
+        )
+        for t, a in ((part_a, acts[0][:8]), (part_b, acts[0][8:]))
+    ]
+    assert parts[0].complete(0, 2).tolist() == [True, True]
+    assert parts[1].complete(0, 2).tolist() == [False, True]
+    merged = NeuronProfile.merge(parts)
+    with pytest.warns(UndecidableWarning, match="merge of profiles that kept different"):
+        table = classify(merged)
+    assert table["k95_2_status"].tolist() == ["unknown", "exact"]
+    assert table["ngram_detector_2"].isna().tolist() == [True, False]
+    assert table["kind"].tolist() == ["token_detector", "token_detector"]
+    assert fig2(merged, 2).loc[0, "unknown"] == 1
+    ref = reference(
+        tokens, acts, threshold=0.0, ngram_max=2, k_max=5, coverage=95, mi=0.05, min_run=8,
+        delta=0.05, smooth=0.9,
+    )  # fmt: skip
+    check_capped(merged, ref, cap=5, ngram_max=2, merged=True, k_max=5, coverage=95)

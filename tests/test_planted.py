@@ -5,12 +5,15 @@ import pytest
 from planted import BOS, EXPECTED, VOCAB, planted_model, planted_tokens
 
 from tl_neuronkinds.kinds import (
+    Analysis,
     classify,
     fig1a,
+    fig2,
     fig3a,
     fig3b,
     fig4,
     fig8,
+    figure_tables,
     layer_summary,
     position_teams,
     positional_neurons,
@@ -18,12 +21,43 @@ from tl_neuronkinds.kinds import (
 from tl_neuronkinds.recording import record
 from tl_neuronkinds.recording.profile import NeuronProfile
 
+pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
+
 
 @pytest.fixture(scope="module")
 def profile() -> NeuronProfile:
+    """Recorded as ``record`` does by default: with the n-gram cap (50)."""
     recorded = record(planted_model(), planted_tokens(), bos_token_id=BOS, progress=False)
     recorded.token_strings = list(VOCAB)
     return recorded
+
+
+def test_capped_recording_classifies_as_the_exhaustive_one(profile):
+    assert profile.ngram_cap == 50
+    exhaustive = record(
+        planted_model(), planted_tokens(), bos_token_id=BOS, ngram_cap=None, progress=False
+    )
+    exhaustive.token_strings = list(VOCAB)
+    capped, full = classify(profile), classify(exhaustive)
+    same = ["token_detector", "triggers", "trigger_n", "ngram_detector_2", "ngram_detector_3"]
+    pd.testing.assert_frame_equal(capped[[*same, "kind", "k95_1"]], full[[*same, "kind", "k95_1"]])
+    for n in (2, 3):
+        status = capped[f"k95_{n}_status"]
+        exact = (status == "exact").to_numpy()
+        assert capped[f"k95_{n}"][exact].tolist() == full[f"k95_{n}"][exact].tolist()
+        assert (full[f"k95_{n}"][(status == "censored").to_numpy()] > 50).all()
+        assert set(status) <= {"exact", "censored", "undefined"}
+        table = fig2(profile, n)
+        assert list(table.columns) == [
+            "1-5", "6-10", "11-20", "21-50", ">50", "undefined", "unknown",
+        ]  # fmt: skip
+        assert table.sum(axis=1).tolist() == fig2(exhaustive, n).sum(axis=1).tolist()
+    # One Analysis gives the same tables as separate calls.
+    analysis = Analysis(profile)
+    pd.testing.assert_frame_equal(classify(analysis), capped)
+    tables = figure_tables(analysis)
+    pd.testing.assert_frame_equal(tables["fig2_n2"], fig2(profile, 2))
+    pd.testing.assert_frame_equal(tables["layers"], layer_summary(profile))
 
 
 def test_every_neuron_has_its_planted_kind(profile):
@@ -36,6 +70,9 @@ def test_every_neuron_has_its_planted_kind(profile):
         assert row["bos_only"] == expect.get("bos_only", False), key
         assert row["token_detector"] == (expect["kind"] == "token_detector"), key
         assert set(row["triggers"]) == expect.get("triggers", set()), key
+        trigger_n = {"token_detector": 1, "ngram_detector": expect.get("ngram")}
+        assert row["trigger_n"] is pd.NA or row["trigger_n"] == trigger_n.get(expect["kind"]), key
+        assert pd.isna(row["trigger_n"]) == (expect["kind"] not in trigger_n), key
         for n in (2, 3):
             assert row[f"ngram_detector_{n}"] == (expect.get("ngram") == n), key
         if expect["kind"] == "token_detector":

@@ -2,14 +2,25 @@
 
 Glossary: ``layer`` a recorded layer, ``neuron`` an index into ``d_mlp``, ``n`` an n-gram order,
 ``p`` a position (1..T-1), ``c_g`` / ``o_g`` / ``A`` as in SPEC.md. Every function returns a
-pandas DataFrame and takes its cut-offs as keyword arguments with the paper's defaults, so a
+pandas DataFrame and takes its cut-offs as one ``Cutoffs`` (the paper's defaults, each citing
+its section) and/or keyword overrides of its fields (``classify(profile, k_max=10)``), so a
 saved profile can be re-classified with other cut-offs in seconds, without the model.
+
+Every function takes a NeuronProfile or an ``Analysis`` of one: an Analysis computes each
+layer's n-gram coverage and positional statistics once for all the tables made from it::
+
+    analysis = Analysis(profile)                   # or Analysis(profile, k_max=10)
+    table = classify(analysis)
+    tables = figure_tables(analysis)               # fig1a ... fig8 and "layers"
 """
 
-from tl_neuronkinds.kinds.classify import classify
+from tl_neuronkinds.kinds._common import EvidenceWarning, UndecidableWarning
+from tl_neuronkinds.kinds.analysis import Analysis
+from tl_neuronkinds.kinds.classify import KINDS, classify
+from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.dead import dead_neurons
-from tl_neuronkinds.kinds.ngrams import ngram_coverage, token_detectors
-from tl_neuronkinds.kinds.positional import position_frequencies, position_teams, positional_neurons
+from tl_neuronkinds.kinds.neurons import ngram_coverage, positional_neurons, token_detectors
+from tl_neuronkinds.kinds.positional import position_frequencies
 from tl_neuronkinds.kinds.summaries import (
     fig1a,
     fig1b,
@@ -18,10 +29,17 @@ from tl_neuronkinds.kinds.summaries import (
     fig3b,
     fig4,
     fig8,
+    figure_tables,
     layer_summary,
+    position_teams,
 )
 
 __all__ = [
+    "KINDS",
+    "Analysis",
+    "Cutoffs",
+    "EvidenceWarning",
+    "UndecidableWarning",
     "classify",
     "dead_neurons",
     "fig1a",
@@ -31,6 +49,7 @@ __all__ = [
     "fig3b",
     "fig4",
     "fig8",
+    "figure_tables",
     "layer_summary",
     "ngram_coverage",
     "position_frequencies",

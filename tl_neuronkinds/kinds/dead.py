@@ -3,10 +3,11 @@
 import numpy as np
 import pandas as pd
 
+from tl_neuronkinds.kinds.analysis import Analysis
 from tl_neuronkinds.recording.profile import NeuronProfile
 
 
-def dead_neurons(profile: NeuronProfile) -> pd.DataFrame:
+def dead_neurons(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     """Per neuron: how often it is active, and whether it is dead (§3, Figure 1).
 
     A neuron is **dead** where it is never active (``count == 0``) on the recorded data: §3 finds
@@ -16,13 +17,15 @@ def dead_neurons(profile: NeuronProfile) -> pd.DataFrame:
     because it dominates many neurons' activations.
 
     Args:
-        profile: A NeuronProfile.
+        profile: A NeuronProfile (or an ``Analysis`` of one; no cut-off is involved).
 
     Returns:
         One row per (layer, neuron): ``layer``, ``neuron``, ``count`` (active positions, BOS
         included), ``active_text`` (active text positions), ``freq`` (``count / positions``),
         ``dead`` and ``bos_only`` (bools).
     """
+    if isinstance(profile, Analysis):
+        profile = profile.profile
     frames = []
     for layer in profile.layers:
         counts = profile.counts[layer]

@@ -1,4 +1,4 @@
-"""N-gram coverage (k95, §4.1, Figure 2, Appendix A) and token / n-gram detectors (§4.2, §4.5).
+"""N-gram coverage (k95, §4.1, Figure 2, Appendix A) and the detector test (§4.2, §4.5), per layer.
 
 For a neuron (l, i) and an order n, ``c_g`` is its active count at the text positions whose
 n-gram is g, ``A = sum_g c_g`` and ``o_g`` the occurrences of g at text positions (SPEC.md).
@@ -7,29 +7,45 @@ an n-gram detector (a token detector for n = 1) where (1) ``k95_n <= 5``, (2) it
 n-grams ``C = {g : c_g > 0 and c_g >= 95% of o_g}`` are its triggers and (3) they account for at
 least 95% of A. Every "at least p%" is decided in integers, ``100 * part >= p * whole``.
 
+**Capped profiles** (SPEC.md, "The n-gram cap"; ``recording/plan.py``). For n >= 2 a profile may
+hold the counts of some neurons only (``profile.complete``). ``A_n`` is known for every neuron
+(from the per-position counts), and so is its *unigram bound* ``L_n <= k95_n`` (the fewest of its
+largest unigram counts that reach 95% of ``A_n``, computed exactly here from the sorted unigram
+counts). Each neuron's order-n status is one of ``STATUSES``: ``exact`` (complete counts),
+``undefined`` (``A_n = 0``), ``censored`` (``k95_n > cap`` proven, at the cut-offs' coverage, by
+``plan.censored``: its tail or ``L_n > cap``) or ``unknown``. The detector test of a neuron
+without counts is decided where a certificate rules it out: ``A_n < min_count``, ``L_n > k_max``,
+or censored with ``k_max <= cap``; otherwise it is *undecidable* (``decided`` is False).
+
 How it is computed, per layer, from the profile's sorted (n-gram, neuron) keys: ``o_g`` comes
 from a searchsorted of the layer's distinct n-gram ids into the profile's occurrence table; one
 sort of (neuron, -c_g, covered) packed into int64s orders each neuron's n-grams by decreasing
-c_g; the cumulative sum of the sorted counts increases strictly, so each neuron's k95 is one
-searchsorted for ceil(95% of A) within its segment.
+c_g; the cumulative sum of the sorted counts increases strictly, so each neuron's k95 (and each
+``L_n``) is one searchsorted for ceil(95% of A) within its segment.
 
 Triggers are listed by decreasing ``c_g``, ties by increasing n-gram id. For n = 1 a trigger is
 the token's string and its id an int; for n >= 2 a trigger is the tuple of its n token strings
 and its id the tuple of the n token ids, first token first.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Bool, Int, Shaped
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.kinds._common import check_order, check_percent, check_positive_int
+from tl_neuronkinds.kinds.cutoffs import Cutoffs
+from tl_neuronkinds.recording.plan import censored, ngram_active
 from tl_neuronkinds.recording.profile import NeuronProfile
+
+#: Each neuron's order-n status (SPEC.md, "The n-gram cap"); ``LayerCoverage.status`` indexes it.
+STATUSES = ["exact", "undefined", "censored", "unknown"]
+EXACT, UNDEFINED, CENSORED, UNKNOWN = range(4)
 
 # Figure 2's buckets of k95, as inclusive integer ranges: "1k-2k" is 1001..2000 because 1000
 # already falls in "201-1k", and likewise "2k-50k" is 2001..50000.
-FIG2_BUCKETS: list[tuple[str, int, float]] = [
+FIG2_BUCKETS: list[tuple[str, int, int | float]] = [
     ("1-5", 1, 5),
     ("6-10", 6, 10),
     ("11-20", 11, 20),
@@ -42,27 +58,48 @@ FIG2_BUCKETS: list[tuple[str, int, float]] = [
 ]
 
 
+def fig2_buckets(cap: int | None) -> list[tuple[str, int, int | float]]:
+    """Figure 2's buckets (``cap`` None), or those up to ``cap`` followed by ``>cap``.
+
+    A bucket straddling the cap is cut at it and keeps its lower label: with cap 30,
+    "21-50" becomes "21-30"; the last bucket, ``>{cap}``, holds every k95 above the cap (the
+    censored neurons and the complete ones whose exact k95 passes the cap).
+    """
+    if cap is None:
+        return list(FIG2_BUCKETS)
+    out: list[tuple[str, int, int | float]] = []
+    for label, lo, hi in FIG2_BUCKETS:
+        if lo > cap:
+            break
+        if hi > cap:
+            low = label.split("-")[0] if "-" in label else str(lo)
+            label, hi = f"{low}-{cap}", cap
+        out.append((label, lo, hi))
+    return [*out, (f">{cap}", cap + 1, float("inf"))]
+
+
 @dataclass(frozen=True)
 class LayerCoverage:
-    """Coverage of one layer for one n-gram order, as arrays (the shared core of the kinds).
-
-    ``key_neuron``, ``key_gid``, ``key_count`` and ``key_covered`` follow the profile's key
-    order (by n-gram id, then neuron).
-    """
+    """Coverage and the detector test of one layer for one n-gram order (arrays over d_mlp)."""
 
     n: int
-    active: np.ndarray  # [d_mlp] A
-    k95: np.ndarray  # [d_mlp] k95_n, 0 where A == 0 (undefined)
-    covered_sum: np.ndarray  # [d_mlp] sum of c_g over the covered n-grams
-    detector: np.ndarray  # [d_mlp] bool
-    n_ngrams: np.ndarray  # [d_mlp] distinct n-grams with c_g > 0
-    key_neuron: np.ndarray
-    key_gid: np.ndarray
-    key_count: np.ndarray
-    key_covered: np.ndarray
+    active: Int[np.ndarray, " d_mlp"]  # A_n, exact for every neuron
+    k95: Int[np.ndarray, " d_mlp"]  # k95_n where the status is exact, else 0
+    status: Int[np.ndarray, " d_mlp"]  # index into STATUSES
+    n_ngrams: Int[np.ndarray, " d_mlp"]  # distinct n-grams with c_g > 0; -1 where incomplete
+    covered_sum: Int[
+        np.ndarray, " d_mlp"
+    ]  # c_g summed over the covered n-grams; 0 where incomplete
+    detector: Bool[np.ndarray, " d_mlp"]  # proven detectors
+    decided: Bool[np.ndarray, " d_mlp"]  # False where the detector test cannot be decided
+    triggers: dict[int, np.ndarray]  # detector -> its trigger ids (decreasing c_g, ties by id)
+    # n = 1 only: order m >= 2 -> L_m, each neuron's unigram bound of k95_m (0 where A_m = 0).
+    bounds: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def _occurrences(profile: NeuronProfile, layer: int, n: int, gid: np.ndarray) -> np.ndarray:
+def _occurrences(
+    profile: NeuronProfile, layer: int, n: int, gid: Int[np.ndarray, " k"]
+) -> Int[np.ndarray, " k"]:
     """o_g for each entry of ``gid`` (non-decreasing n-gram ids, the profile's key order)."""
     occ_ids = profile.occurrences[n].keys.numpy()
     occ_counts = profile.occurrences[n].counts.numpy()
@@ -78,63 +115,45 @@ def _occurrences(profile: NeuronProfile, layer: int, n: int, gid: np.ndarray) ->
 
 
 def _sorted_by_neuron(
-    neuron: np.ndarray, count: np.ndarray, covered: np.ndarray, d_mlp: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    neuron: Int[np.ndarray, " k"],
+    count: Int[np.ndarray, " k"],
+    covered: Bool[np.ndarray, " k"],
+    d_mlp: int,
+) -> tuple[Int[np.ndarray, " k"], Int[np.ndarray, " k"], Bool[np.ndarray, " k"]]:
     """(neuron, count, covered) sorted by neuron, then decreasing count: one sort of packed int64s."""
     count_bits = int(count.max(initial=0)).bit_length()
     if int(d_mlp).bit_length() + count_bits + 1 > 62:
         raise NeuronKindsError(f"n-gram counts up to {int(count.max())} are too large to sort")
     top = (1 << count_bits) - 1
-    packed = (neuron << (count_bits + 1)) | ((top - count) << 1) | (~covered).astype(np.int64)
+    packed = neuron << (count_bits + 1)
+    packed |= (top - count) << 1
+    packed |= ~covered
     packed.sort()
     return packed >> (count_bits + 1), top - ((packed >> 1) & top), (packed & 1) == 0
 
 
-def layer_coverage(
-    profile: NeuronProfile, layer: int, n: int, *, k_max: int = 5, coverage: int = 95
-) -> LayerCoverage:
-    """k95, covered n-grams and the detector test for every neuron of ``layer`` (see module)."""
-    d_mlp = profile.d_mlp
-    layer_counts = profile.counts[layer]
-    keys = layer_counts.ngrams[n].keys.numpy()
-    key_count = layer_counts.ngrams[n].counts.numpy()
-    key_gid = keys // d_mlp
-    key_neuron = keys - key_gid * d_mlp
-    occurrences = _occurrences(profile, layer, n, key_gid)
-    key_covered = (key_count > 0) & (100 * key_count >= coverage * occurrences)
-
-    neuron, count, covered = _sorted_by_neuron(key_neuron, key_count, key_covered, d_mlp)
-    seg_start = np.searchsorted(neuron, np.arange(d_mlp), side="left")
-    seg_end = np.searchsorted(neuron, np.arange(d_mlp), side="right")
-    running = np.concatenate(([0], np.cumsum(count)))
-    active = running[seg_end] - running[seg_start]
-    # The running sums increase strictly (every c_g > 0), so k95 is where the segment's sum
-    # first reaches ceil(coverage * A / 100).
-    need = -((-coverage * active) // 100)
-    k95 = np.searchsorted(running, running[seg_start] + need, side="left") - seg_start
-    k95[active == 0] = 0
-
-    covered_running = np.concatenate(([0], np.cumsum(np.where(covered, count, 0))))
-    covered_sum = covered_running[seg_end] - covered_running[seg_start]
-    detector = (active > 0) & (k95 <= k_max) & (100 * covered_sum >= coverage * active)
-    return LayerCoverage(
-        n,
-        active,
-        k95,
-        covered_sum,
-        detector,
-        seg_end - seg_start,
-        key_neuron,
-        key_gid,
-        key_count,
-        key_covered,
-    )
+def _reach(
+    running: Int[np.ndarray, " k_plus_1"],
+    start: Int[np.ndarray, " d_mlp"],
+    whole: Int[np.ndarray, " d_mlp"],
+    coverage: int,
+) -> Int[np.ndarray, " d_mlp"]:
+    """Fewest leading entries of each segment (``running``: strictly increasing cumulative sums,
+    segments from ``start``) that sum to at least ``coverage``% of ``whole``; 0 where it is 0."""
+    need = -((-coverage * whole) // 100)
+    out = np.searchsorted(running, running[start] + need, side="left") - start
+    out[whole == 0] = 0
+    return out
 
 
-def detector_trigger_ids(cov: LayerCoverage) -> dict[int, np.ndarray]:
-    """Neuron -> its triggers' n-gram ids (decreasing c_g, ties by id), for a layer's detectors."""
-    chosen = np.flatnonzero(cov.key_covered & cov.detector[cov.key_neuron])
-    neuron, gid, count = cov.key_neuron[chosen], cov.key_gid[chosen], cov.key_count[chosen]
+def _trigger_ids(
+    neuron: Int[np.ndarray, " k"],
+    gid: Int[np.ndarray, " k"],
+    count: Int[np.ndarray, " k"],
+    chosen: Bool[np.ndarray, " k"],
+) -> dict[int, np.ndarray]:
+    """Neuron -> its chosen n-gram ids, by decreasing count, ties by increasing id."""
+    neuron, gid, count = neuron[chosen], gid[chosen], count[chosen]
     order = np.lexsort((gid, -count, neuron))
     neuron, gid = neuron[order], gid[order]
     bounds = np.flatnonzero(np.diff(neuron)) + 1
@@ -145,13 +164,92 @@ def detector_trigger_ids(cov: LayerCoverage) -> dict[int, np.ndarray]:
     }
 
 
-def ngram_tokens(gids: np.ndarray, n: int, d_vocab: int) -> list[tuple[int, ...]]:
+def layer_coverage(
+    profile: NeuronProfile,
+    layer: int,
+    n: int,
+    cutoffs: Cutoffs,
+    unigram: LayerCoverage | None = None,
+) -> LayerCoverage:
+    """k95, statuses, covered n-grams and the detector test of every neuron of ``layer``.
+
+    Args:
+        profile: A NeuronProfile.
+        layer: A recorded layer.
+        n: An order the profile recorded.
+        cutoffs: ``k_max``, ``coverage`` and ``min_count`` are used.
+        unigram: For n >= 2, this layer's order-1 coverage at the same cut-offs (its
+            ``bounds`` decide neurons without counts); computed here where None.
+    """
+    d_mlp, coverage = profile.d_mlp, cutoffs.coverage
+    table = profile.counts[layer].ngrams[n]
+    key_count = table.counts.numpy()
+    key_gid, key_neuron = np.divmod(table.keys.numpy(), d_mlp)
+    key_covered = 100 * key_count >= coverage * _occurrences(profile, layer, n, key_gid)
+    key_covered &= key_count > 0
+
+    neuron, count, covered = _sorted_by_neuron(key_neuron, key_count, key_covered, d_mlp)
+    ids = np.arange(d_mlp)
+    seg_start = np.searchsorted(neuron, ids, side="left")
+    seg_end = np.searchsorted(neuron, ids, side="right")
+    running = np.zeros(count.size + 1, dtype=np.int64)
+    np.cumsum(count, out=running[1:])
+    table_active = running[seg_end] - running[seg_start]
+    k95 = _reach(running, seg_start, table_active, coverage)
+    count[~covered] = 0
+    covered_running = np.zeros(count.size + 1, dtype=np.int64)
+    np.cumsum(count, out=covered_running[1:])
+    covered_sum = covered_running[seg_end] - covered_running[seg_start]
+
+    active = ngram_active(profile, layer, n)
+    complete = profile.complete(layer, n).numpy()
+    bounds = {}
+    if n == 1:
+        bounds = {
+            m: _reach(running, seg_start, ngram_active(profile, layer, m), coverage)
+            for m in range(2, profile.ngram_max + 1)
+        }
+        bound = np.zeros(d_mlp, dtype=np.int64)
+    else:
+        if unigram is None:
+            unigram = layer_coverage(profile, layer, 1, cutoffs)
+        bound = unigram.bounds[n]
+    status = np.full(d_mlp, UNKNOWN, dtype=np.int8)
+    status[censored(profile, layer, n, coverage, bound=bound)] = CENSORED
+    status[complete] = EXACT
+    status[active == 0] = UNDEFINED
+    exact = status == EXACT
+    k95 = np.where(exact, k95, 0)
+
+    detector = exact & (k95 <= cutoffs.k_max) & (100 * covered_sum >= coverage * active)
+    detector &= active >= max(cutoffs.min_count, 1)
+    cap = profile.ngram_cap
+    ruled_out = (active < cutoffs.min_count) | (bound > cutoffs.k_max)
+    if cap is not None and cutoffs.k_max <= cap:
+        ruled_out |= status == CENSORED
+    decided = (status <= UNDEFINED) | ruled_out
+    chosen = key_covered & detector[key_neuron]
+    return LayerCoverage(
+        n=n,
+        active=active,
+        k95=k95,
+        status=status,
+        n_ngrams=np.where(complete, seg_end - seg_start, -1),
+        covered_sum=np.where(complete, covered_sum, 0),
+        detector=detector,
+        decided=decided,
+        triggers=_trigger_ids(key_neuron, key_gid, key_count, chosen),
+        bounds=bounds,
+    )
+
+
+def ngram_tokens(gids: Int[np.ndarray, " g"], n: int, d_vocab: int) -> list[tuple[int, ...]]:
     """Token ids of each n-gram id, first token first."""
     return [tuple(int(g) // d_vocab ** (n - 1 - j) % d_vocab for j in range(n)) for g in gids]
 
 
 def trigger_labels(
-    profile: NeuronProfile, gids: np.ndarray, n: int
+    profile: NeuronProfile, gids: Int[np.ndarray, " g"], n: int
 ) -> tuple[list[str] | list[tuple[str, ...]], list[int] | list[tuple[int, ...]]]:
     """(strings, ids) of triggers: plain token strings and ids for n = 1, tuples for n >= 2."""
     strings = profile.token_strings
@@ -162,93 +260,24 @@ def trigger_labels(
     return [tuple(strings[t] for t in tup) for tup in tuples], tuples
 
 
-def k95_column(k95: np.ndarray) -> pd.arrays.IntegerArray:
-    """k95 as a nullable Int64 column, NA where undefined (A = 0)."""
-    return pd.arrays.IntegerArray(k95.astype(np.int64), k95 == 0)
+def k95_column(cov: LayerCoverage) -> pd.arrays.IntegerArray:
+    """k95 as a nullable Int64 column: the exact value, NA where not exact (see ``status``)."""
+    return pd.arrays.IntegerArray(cov.k95.astype(np.int64), cov.status != EXACT)
 
 
-def k95_bucket(k95: np.ndarray) -> np.ndarray:
-    """Figure 2 bucket label of each k95 (object array; None where undefined)."""
-    labels = np.full(k95.shape, None, dtype=object)
-    for label, lo, hi in FIG2_BUCKETS:
-        labels[(k95 >= lo) & (k95 <= hi)] = label
+def status_column(cov: LayerCoverage) -> Shaped[np.ndarray, " d_mlp"]:
+    """Each neuron's status label (object array of ``STATUSES``)."""
+    return np.array(STATUSES, dtype=object)[cov.status]
+
+
+def k95_bucket(cov: LayerCoverage, cap: int | None) -> Shaped[np.ndarray, " d_mlp"]:
+    """Bucket label of ``fig2_buckets(cap)`` of each neuron (object array; None where its
+    k95 is undefined or unknown). A censored neuron falls in ``>cap``."""
+    labels = np.full(cov.k95.shape, None, dtype=object)
+    exact = cov.status == EXACT
+    buckets = fig2_buckets(cap)
+    for label, lo, hi in buckets:
+        labels[exact & (cov.k95 >= lo) & (cov.k95 <= hi)] = label
+    if cap is not None:
+        labels[cov.status == CENSORED] = buckets[-1][0]
     return labels
-
-
-def ngram_coverage(profile: NeuronProfile, n: int = 1, *, coverage: int = 95) -> pd.DataFrame:
-    """Per neuron: how many n-grams cover ``coverage``% of its activations (§4.1, Fig. 2, App. A).
-
-    Args:
-        profile: A NeuronProfile.
-        n: The n-gram order (1..profile.ngram_max).
-        coverage: The percentage to cover (95 in the paper).
-
-    Returns:
-        One row per (layer, neuron): ``layer``, ``neuron``, ``A`` (active count over the text
-        positions where the n-gram is defined), ``n_ngrams`` (distinct n-grams with c_g > 0),
-        ``k95`` (nullable Int64; NA where A = 0) and ``bucket`` (Figure 2's label; None where
-        k95 is NA).
-    """
-    check_order(profile, n)
-    check_percent("coverage", coverage)
-    frames = []
-    for layer in profile.layers:
-        cov = layer_coverage(profile, layer, n, coverage=coverage)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "neuron": np.arange(profile.d_mlp),
-                    "A": cov.active,
-                    "n_ngrams": cov.n_ngrams,
-                    "k95": k95_column(cov.k95),
-                    "bucket": k95_bucket(cov.k95),
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def token_detectors(
-    profile: NeuronProfile, n: int = 1, *, k_max: int = 5, coverage: int = 95
-) -> pd.DataFrame:
-    """Per neuron: is it a token detector (n = 1, §4.2) or an n-gram detector (n >= 2, §4.5)?
-
-    Args:
-        profile: A NeuronProfile.
-        n: The n-gram order (1..profile.ngram_max).
-        k_max: Condition (1), ``k95_n <= k_max`` (5 in §4.2: "triggered by only 1-5 tokens").
-        coverage: The percentage of conditions (2) and (3) (95 in §4.2).
-
-    Returns:
-        One row per (layer, neuron): ``layer``, ``neuron``, ``A``, ``k95`` (nullable Int64),
-        ``covered_sum`` (sum of c_g over the covered n-grams), ``detector`` (bool),
-        ``triggers`` and ``trigger_ids`` (lists, see the module docstring; empty for neurons
-        that are not detectors).
-    """
-    check_order(profile, n)
-    check_percent("coverage", coverage)
-    check_positive_int("k_max", k_max)
-    frames = []
-    for layer in profile.layers:
-        cov = layer_coverage(profile, layer, n, k_max=k_max, coverage=coverage)
-        triggers: list[list] = [[] for _ in range(profile.d_mlp)]
-        trigger_ids: list[list] = [[] for _ in range(profile.d_mlp)]
-        for i, gids in detector_trigger_ids(cov).items():
-            strings, ids = trigger_labels(profile, gids, n)
-            triggers[i], trigger_ids[i] = list(strings), list(ids)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "neuron": np.arange(profile.d_mlp),
-                    "A": cov.active,
-                    "k95": k95_column(cov.k95),
-                    "covered_sum": cov.covered_sum,
-                    "detector": cov.detector,
-                    "triggers": triggers,
-                    "trigger_ids": trigger_ids,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)

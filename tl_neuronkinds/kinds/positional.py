@@ -31,13 +31,13 @@ an ``f_p``.
 """
 
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Bool, Float, Int
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.kinds._common import check_positive_int
+from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.recording.profile import NeuronProfile
 
 TYPES = ["other", "one_extreme", "both_extremes", "oscillatory"]  # ranked, index = rank
@@ -49,31 +49,18 @@ _CHUNK = 4096
 class LayerPositional:
     """Positional statistics of one layer (arrays over its ``d_mlp`` neurons)."""
 
-    mi: np.ndarray  # I(act; pos), NaN where no position has an f_p
-    f_mean: np.ndarray
-    positional: np.ndarray  # bool
-    type_rank: np.ndarray  # index into TYPES
-    strong: np.ndarray  # bool
-    smooth_r2: np.ndarray  # NaN where undefined
+    mi: Float[np.ndarray, " d_mlp"]  # I(act; pos), NaN where no position has an f_p
+    f_mean: Float[np.ndarray, " d_mlp"]
+    positional: Bool[np.ndarray, " d_mlp"]
+    type_rank: Int[np.ndarray, " d_mlp"]  # index into TYPES
+    strong: Bool[np.ndarray, " d_mlp"]
+    smooth_r2: Float[np.ndarray, " d_mlp"]  # NaN where undefined
     ranges: list[list[tuple[int, int]]]  # high runs (delta = 0) of each neuron, 1-based inclusive
 
 
-def _fraction(delta: float) -> Fraction:
-    if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 <= delta < 0.5:
-        raise NeuronKindsError(f"delta must be a number in [0, 0.5), got {delta!r}")
-    return Fraction(repr(float(delta))).limit_denominator(10**6)
-
-
-def check_cutoffs(mi_threshold: float, min_run: int, delta: float, smooth_r2: float) -> Fraction:
-    """Validate the positional cut-offs; returns delta as an exact fraction."""
-    check_positive_int("min_run", min_run)
-    for name, value in (("mi_threshold", mi_threshold), ("smooth_r2", smooth_r2)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-            raise NeuronKindsError(f"{name} must be a finite number, got {value!r}")
-    return _fraction(delta)
-
-
-def _frequencies(profile: NeuronProfile, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _frequencies(
+    profile: NeuronProfile, layer: int
+) -> tuple[Int[np.ndarray, "pos d_mlp"], Int[np.ndarray, " pos"], Float[np.ndarray, "pos d_mlp"]]:
     """(counts [T-1, d_mlp], seqs [T-1], f [T-1, d_mlp] with NaN rows where seqs == 0)."""
     counts = profile.counts[layer].pos_active.numpy()[1:]
     seqs = profile.pos_text_seqs.numpy()[1:]
@@ -96,7 +83,9 @@ def position_frequencies(profile: NeuronProfile, layer: int) -> pd.DataFrame:
     return pd.DataFrame(f[kept], index=pd.Index(np.flatnonzero(kept) + 1, name="position"))
 
 
-def _long_runs(mask: np.ndarray, min_run: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _long_runs(
+    mask: Bool[np.ndarray, "pos chunk"], min_run: int
+) -> tuple[Int[np.ndarray, " runs"], Int[np.ndarray, " runs"], Int[np.ndarray, " runs"]]:
     """(column, first row, end row exclusive) of the runs of True of length >= min_run."""
     padded = np.zeros((mask.shape[0] + 2, mask.shape[1]), dtype=np.int8)
     padded[1:-1] = mask
@@ -107,7 +96,9 @@ def _long_runs(mask: np.ndarray, min_run: int) -> tuple[np.ndarray, np.ndarray, 
     return col[long], start[long], end[long]
 
 
-def _type_rank(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+def _type_rank(
+    high: Int[np.ndarray, " chunk"], low: Int[np.ndarray, " chunk"]
+) -> Int[np.ndarray, " chunk"]:
     rank = np.zeros(high.shape, dtype=np.int64)
     rank[(high > 0) ^ (low > 0)] = 1
     rank[(high > 0) & (low > 0)] = 2
@@ -115,7 +106,9 @@ def _type_rank(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _mutual_information(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mutual_information(
+    f: Float[np.ndarray, "pos chunk"],
+) -> tuple[Float[np.ndarray, " chunk"], Float[np.ndarray, " chunk"]]:
     """(I(act; pos), f) over the rows of ``f`` [positions, neurons] (no NaN rows)."""
     if f.shape[0] == 0:
         nan = np.full(f.shape[1], np.nan)
@@ -127,7 +120,7 @@ def _mutual_information(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (on + off).mean(axis=0), mean
 
 
-def _smooth_r2(f: np.ndarray) -> np.ndarray:
+def _smooth_r2(f: Float[np.ndarray, "pos chunk"]) -> Float[np.ndarray, " chunk"]:
     """R^2 of f_p against the mean of its two neighbours (rows: positions, NaN = no f_p)."""
     mid = f[1:-1]
     predicted = (f[:-2] + f[2:]) / 2
@@ -141,17 +134,12 @@ def _smooth_r2(f: np.ndarray) -> np.ndarray:
         return np.where(ss_tot > 0, 1 - ss_res / ss_tot, np.nan)
 
 
-def layer_positional(
-    profile: NeuronProfile,
-    layer: int,
-    *,
-    mi_threshold: float = 0.05,
-    min_run: int = 8,
-    delta: float = 0.05,
-    smooth_r2: float = 0.9,
-) -> LayerPositional:
-    """Mutual information, type and strength of every neuron of ``layer`` (see module)."""
-    frac = check_cutoffs(mi_threshold, min_run, delta, smooth_r2)
+def layer_positional(profile: NeuronProfile, layer: int, cutoffs: Cutoffs) -> LayerPositional:
+    """Mutual information, type and strength of every neuron of ``layer`` (see module).
+
+    ``cutoffs.mi_threshold``, ``min_run``, ``delta`` and ``smooth_r2`` are used.
+    """
+    frac, min_run = cutoffs.delta_fraction, cutoffs.min_run
     counts_all, seqs, f_all = _frequencies(profile, layer)
     kept = seqs > 0
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("mi", "mean", "r2", "r0", "rd")}
@@ -178,8 +166,8 @@ def layer_positional(
     mi, mean, r2 = (np.concatenate(parts[k]) for k in ("mi", "mean", "r2"))
     rank0, rank_delta = np.concatenate(parts["r0"]), np.concatenate(parts["rd"])
     rank = np.maximum(rank0, rank_delta)
-    strong = np.where(rank > 0, rank0 >= rank_delta, r2 >= smooth_r2)
-    positional = np.nan_to_num(mi, nan=0.0) > mi_threshold
+    strong = np.where(rank > 0, rank0 >= rank_delta, r2 >= cutoffs.smooth_r2)
+    positional = np.nan_to_num(mi, nan=0.0) > cutoffs.mi_threshold
     return LayerPositional(mi, mean, positional, rank, strong, r2, ranges)
 
 
@@ -192,104 +180,3 @@ def type_labels(
     types[~pos.positional] = None
     strength[~pos.positional] = None
     return pd.array(types, dtype="string"), pd.array(strength, dtype="string")
-
-
-def positional_neurons(
-    profile: NeuronProfile,
-    *,
-    mi_threshold: float = 0.05,
-    min_run: int = 8,
-    delta: float = 0.05,
-    smooth_r2: float = 0.9,
-) -> pd.DataFrame:
-    """Per neuron: mutual information with position, positional or not, type and strength (§5).
-
-    Args:
-        profile: A NeuronProfile recorded on full-length sequences.
-        mi_threshold: Positional where ``I(act; pos) > mi_threshold`` (0.05 in §5.1).
-        min_run: Shortest run of positions that counts for the types (SPEC.md's m = 8).
-        delta: Tolerance of a weak pattern's extremes (SPEC.md's delta = 0.05).
-        smooth_r2: Cut on ``smooth_r2`` for strong "other" neurons (see the module docstring).
-
-    Returns:
-        One row per (layer, neuron): ``layer``, ``neuron``, ``pos_mi`` (nats), ``f_mean``,
-        ``positional`` (bool), ``pos_type`` and ``pos_strength`` (strings, NA where not
-        positional), ``smooth_r2`` and ``pos_ranges`` (the high runs, as inclusive
-        ``(first, last)`` positions, of strong oscillatory neurons; empty otherwise).
-    """
-    frames = []
-    for layer in profile.layers:
-        pos = layer_positional(
-            profile,
-            layer,
-            mi_threshold=mi_threshold,
-            min_run=min_run,
-            delta=delta,
-            smooth_r2=smooth_r2,
-        )
-        types, strength = type_labels(pos)
-        team = pos.positional & (pos.type_rank == 3) & pos.strong
-        frames.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "neuron": np.arange(profile.d_mlp),
-                    "pos_mi": pos.mi,
-                    "f_mean": pos.f_mean,
-                    "positional": pos.positional,
-                    "pos_type": types,
-                    "pos_strength": strength,
-                    "smooth_r2": pos.smooth_r2,
-                    "pos_ranges": [r if t else [] for r, t in zip(pos.ranges, team, strict=True)],
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def position_teams(
-    profile: NeuronProfile,
-    *,
-    mi_threshold: float = 0.05,
-    min_run: int = 8,
-    delta: float = 0.05,
-    smooth_r2: float = 0.9,
-) -> pd.DataFrame:
-    """Per layer: the strong oscillatory neurons' position ranges and whether they cover all (Fig. 9).
-
-    §5.3: the strong oscillatory neurons of a layer indicate position ranges that are "similar
-    up to a shift" and together "cover all positions". Arguments as for ``positional_neurons``.
-
-    Returns:
-        A DataFrame indexed by layer: ``neurons`` (list), ``ranges`` (list, per neuron, of
-        inclusive ``(first, last)`` positions), ``n_uncovered`` (positions 1..T-1 with an
-        ``f_p`` that no range covers) and ``covers_all`` (bool; False for a layer without
-        strong oscillatory neurons).
-    """
-    rows = []
-    kept = profile.pos_text_seqs.numpy()[1:] > 0
-    for layer in profile.layers:
-        pos = layer_positional(
-            profile,
-            layer,
-            mi_threshold=mi_threshold,
-            min_run=min_run,
-            delta=delta,
-            smooth_r2=smooth_r2,
-        )
-        neurons = np.flatnonzero(pos.positional & (pos.type_rank == 3) & pos.strong)
-        covered = np.zeros(kept.shape, dtype=bool)
-        for i in neurons:
-            for first, last in pos.ranges[i]:
-                covered[first - 1 : last] = True
-        n_uncovered = int((kept & ~covered).sum())
-        rows.append(
-            {
-                "layer": layer,
-                "neurons": [int(i) for i in neurons],
-                "ranges": [pos.ranges[i] for i in neurons],
-                "n_uncovered": n_uncovered,
-                "covers_all": bool(len(neurons) > 0 and n_uncovered == 0),
-            }
-        )
-    return pd.DataFrame(rows).set_index("layer")

@@ -1,172 +1,236 @@
-"""Per-layer tables behind the paper's figures (Figures 1a, 1b, 2, 3a, 3b, 4, 8; Appendix A).
+"""Per-layer tables behind the paper's figures (Figures 1a, 1b, 2, 3a, 3b, 4, 8, 9; Appendix A).
 
 Every table is a DataFrame indexed by the profile's recorded layers. Comparisons "over lower
 layers" and "with the previous layer" (Figures 3b, 4) are over the recorded layers: the previous
 layer is the previous recorded one, and the first recorded layer's triggers all count as new.
+
+Each function takes a NeuronProfile or an ``Analysis`` (``analysis.py``); ``figure_tables``
+makes every table from one Analysis, so each layer's coverage and positional statistics are
+computed once for all of them (and for ``classify`` when it is given the same Analysis).
 """
 
 import numpy as np
 import pandas as pd
 
-from tl_neuronkinds.kinds._common import check_order, check_percent, check_positive_int
-from tl_neuronkinds.kinds.classify import KINDS, classify
+from tl_neuronkinds.kinds.analysis import Analysis, analysis_of
+from tl_neuronkinds.kinds.classify import KINDS, classification
+from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.dead import dead_neurons
-from tl_neuronkinds.kinds.ngrams import (
-    FIG2_BUCKETS,
-    detector_trigger_ids,
-    layer_coverage,
-    ngram_coverage,
-)
-from tl_neuronkinds.kinds.positional import TYPES, positional_neurons
+from tl_neuronkinds.kinds.ngrams import UNDEFINED, UNKNOWN, fig2_buckets, k95_bucket
+from tl_neuronkinds.kinds.positional import TYPES
 from tl_neuronkinds.recording.profile import NeuronProfile
 
+#: ``layer_summary``'s ``n_detectors_under_{FEW_ACTIVATIONS}``: detectors whose ``evidence``
+#: (text activations, ``classify``) is below this rest on too little to trust (Trust §2).
+FEW_ACTIVATIONS = 10
 
-def _by_layer(profile: NeuronProfile, frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.reindex(pd.Index(profile.layers, name="layer"))
+
+def _frame(profile: NeuronProfile, rows: dict[int, dict]) -> pd.DataFrame:
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    return out.reindex(pd.Index(profile.layers, name="layer"))
 
 
-def fig1a(profile: NeuronProfile) -> pd.DataFrame:
+def fig1a(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     """Figure 1a: ``n_neurons``, ``n_dead`` and ``pct_dead`` (percentage of dead neurons) per layer."""
-    dead = dead_neurons(profile).groupby("layer")["dead"]
+    table = dead_neurons(profile)
+    prof = profile.profile if isinstance(profile, Analysis) else profile
+    dead = table.groupby("layer")["dead"]
     out = pd.DataFrame({"n_neurons": dead.size(), "n_dead": dead.sum()})
     out["pct_dead"] = 100 * out["n_dead"] / out["n_neurons"]
-    return _by_layer(profile, out)
+    return out.reindex(pd.Index(prof.layers, name="layer"))
 
 
-def fig1b(profile: NeuronProfile) -> pd.DataFrame:
+def fig1b(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     """Figure 1b: ``mean_freq``, the mean activation frequency of the non-dead neurons (NaN if none)."""
     table = dead_neurons(profile)
+    prof = profile.profile if isinstance(profile, Analysis) else profile
     alive = table[~table["dead"]].groupby("layer")["freq"].mean()
-    return _by_layer(profile, pd.DataFrame({"mean_freq": alive}))
+    return pd.DataFrame({"mean_freq": alive}).reindex(pd.Index(prof.layers, name="layer"))
 
 
-def fig2(profile: NeuronProfile, n: int = 1, *, coverage: int = 95) -> pd.DataFrame:
+def fig2(
+    profile: NeuronProfile | Analysis,
+    n: int = 1,
+    cutoffs: Cutoffs | None = None,
+    **overrides: object,
+) -> pd.DataFrame:
     """Figure 2 (n = 1) and Appendix A (n = 2, 3): alive neurons per bucket of ``k95_n``.
 
     Columns: one per Figure 2 bucket (``ngrams.FIG2_BUCKETS``, inclusive integer ranges) and
     ``undefined`` for alive neurons with no activation at a text position where the n-gram is
     defined (bos_only neurons, for example); each row sums to the layer's alive neurons.
+
+    On a capped profile (``ngram_cap`` set), for n >= 2: the buckets up to the cap (a bucket
+    straddling it is cut there: cap 30 gives "21-30"), then ``>{cap}`` (e.g. ``>50``: the
+    censored neurons and those whose exact k95 passes the cap), ``undefined``, and ``unknown``
+    (neurons whose counts the profile lacks without a proof; SPEC.md, "The n-gram cap").
+    ``coverage`` is the cut-off used (``cutoffs`` / ``**overrides``).
     """
-    table = ngram_coverage(profile, n, coverage=coverage)
-    alive = table[dead_neurons(profile)["count"].to_numpy() > 0]
-    labels = [label for label, _, _ in FIG2_BUCKETS]
-    buckets = alive["bucket"].fillna("undefined")
-    out = pd.crosstab(alive["layer"], buckets).reindex(columns=[*labels, "undefined"], fill_value=0)
-    out.columns.name = None
-    return _by_layer(profile, out).fillna(0).astype(np.int64)
-
-
-def _trigger_sets(
-    profile: NeuronProfile, n: int, k_max: int, coverage: int
-) -> dict[int, tuple[int, set[int]]]:
-    """Layer -> (number of detectors, set of trigger n-gram ids)."""
-    check_order(profile, n)
-    check_percent("coverage", coverage)
-    check_positive_int("k_max", k_max)
-    out = {}
-    for layer in profile.layers:
-        cov = layer_coverage(profile, layer, n, k_max=k_max, coverage=coverage)
-        triggers = detector_trigger_ids(cov).values()
-        out[layer] = (int(cov.detector.sum()), {int(g) for gids in triggers for g in gids})
-    return out
+    analysis = analysis_of(profile, cutoffs, overrides)
+    analysis.check_order(n)
+    prof = analysis.profile
+    cap = prof.ngram_cap if n >= 2 else None
+    labels = [label for label, _, _ in fig2_buckets(cap)]
+    extra = ["undefined"] if cap is None else ["undefined", "unknown"]
+    rows = {}
+    for layer in prof.layers:
+        cov = analysis.coverage(layer, n)
+        alive = ~analysis.dead(layer)
+        bucket = k95_bucket(cov, cap)[alive]
+        status = cov.status[alive]
+        row = {label: int((bucket == label).sum()) for label in labels}
+        row["undefined"] = int((status == UNDEFINED).sum())
+        if cap is not None:
+            row["unknown"] = int((status == UNKNOWN).sum())
+        rows[layer] = row
+    return _frame(prof, rows)[[*labels, *extra]].astype(np.int64)
 
 
 def fig3a(
-    profile: NeuronProfile, n: int = 1, *, k_max: int = 5, coverage: int = 95
+    profile: NeuronProfile | Analysis,
+    n: int = 1,
+    cutoffs: Cutoffs | None = None,
+    **overrides: object,
 ) -> pd.DataFrame:
-    """Figure 3a (Appendix A for n >= 2): ``n_detectors``, the token / n-gram detectors per layer."""
-    sets = _trigger_sets(profile, n, k_max, coverage)
-    return _by_layer(profile, pd.DataFrame({"n_detectors": {k: v[0] for k, v in sets.items()}}))
+    """Figure 3a (Appendix A for n >= 2): ``n_detectors``, the token / n-gram detectors per layer,
+    and ``n_undecided``, the neurons whose test a capped profile cannot decide (``classify``)."""
+    analysis = analysis_of(profile, cutoffs, overrides)
+    analysis.check_order(n)
+    rows = {
+        layer: {
+            "n_detectors": int(analysis.coverage(layer, n).detector.sum()),
+            "n_undecided": int((~analysis.coverage(layer, n).decided).sum()),
+        }
+        for layer in analysis.profile.layers
+    }
+    return _frame(analysis.profile, rows)
 
 
 def fig3b(
-    profile: NeuronProfile, n: int = 1, *, k_max: int = 5, coverage: int = 95
+    profile: NeuronProfile | Analysis,
+    n: int = 1,
+    cutoffs: Cutoffs | None = None,
+    **overrides: object,
 ) -> pd.DataFrame:
     """Figure 3b: ``n_triggers`` (distinct triggers of a layer's detectors) and
     ``n_triggers_cumulative`` (distinct triggers of this and all lower recorded layers)."""
-    sets = _trigger_sets(profile, n, k_max, coverage)
+    analysis = analysis_of(profile, cutoffs, overrides)
+    analysis.check_order(n)
     seen: set[int] = set()
     rows = {}
-    for layer in profile.layers:
-        seen |= sets[layer][1]
-        rows[layer] = {"n_triggers": len(sets[layer][1]), "n_triggers_cumulative": len(seen)}
-    return _by_layer(profile, pd.DataFrame.from_dict(rows, orient="index"))
+    for layer in analysis.profile.layers:
+        mine = analysis.trigger_set(layer, n)
+        seen |= mine
+        rows[layer] = {"n_triggers": len(mine), "n_triggers_cumulative": len(seen)}
+    return _frame(analysis.profile, rows)
 
 
-def fig4(profile: NeuronProfile, n: int = 1, *, k_max: int = 5, coverage: int = 95) -> pd.DataFrame:
+def fig4(
+    profile: NeuronProfile | Analysis,
+    n: int = 1,
+    cutoffs: Cutoffs | None = None,
+    **overrides: object,
+) -> pd.DataFrame:
     """Figure 4: a layer's triggers that are ``new_overall`` (in no lower recorded layer) and
     ``new_vs_previous`` (not among the previous recorded layer's triggers)."""
-    sets = _trigger_sets(profile, n, k_max, coverage)
+    analysis = analysis_of(profile, cutoffs, overrides)
+    analysis.check_order(n)
     seen: set[int] = set()
     previous: set[int] = set()
     rows = {}
-    for layer in profile.layers:
-        mine = sets[layer][1]
+    for layer in analysis.profile.layers:
+        mine = analysis.trigger_set(layer, n)
         rows[layer] = {"new_overall": len(mine - seen), "new_vs_previous": len(mine - previous)}
         seen |= mine
         previous = mine
-    return _by_layer(profile, pd.DataFrame.from_dict(rows, orient="index"))
+    return _frame(analysis.profile, rows)
 
 
 def fig8(
-    profile: NeuronProfile,
-    *,
-    mi_threshold: float = 0.05,
-    min_run: int = 8,
-    delta: float = 0.05,
-    smooth_r2: float = 0.9,
+    profile: NeuronProfile | Analysis, cutoffs: Cutoffs | None = None, **overrides: object
 ) -> pd.DataFrame:
     """Figure 8: positional neurons per layer by type and strength.
 
     Columns ``{type}_{strength}`` for the four types (oscillatory, both_extremes, one_extreme,
-    other) and the two strengths, and ``n_positional``.
+    other) and the two strengths, and ``n_positional``. Cut-offs as for ``positional_neurons``.
     """
-    table = positional_neurons(
-        profile, mi_threshold=mi_threshold, min_run=min_run, delta=delta, smooth_r2=smooth_r2
-    )
-    positional = table[table["positional"]]
-    labels = positional["pos_type"].astype(str) + "_" + positional["pos_strength"].astype(str)
-    columns = [f"{t}_{s}" for t in reversed(TYPES) for s in ("strong", "weak")]
-    out = pd.crosstab(positional["layer"], labels).reindex(columns=columns, fill_value=0)
-    out.columns.name = None
-    out = _by_layer(profile, out).fillna(0).astype(np.int64)
-    out["n_positional"] = out.sum(axis=1)
-    return out
+    analysis = analysis_of(profile, cutoffs, overrides)
+    rows = {}
+    for layer in analysis.profile.layers:
+        pos = analysis.positional(layer)
+        row = {}
+        for rank in reversed(range(len(TYPES))):
+            for strength, strong in (("strong", True), ("weak", False)):
+                chosen = pos.positional & (pos.type_rank == rank) & (pos.strong == strong)
+                row[f"{TYPES[rank]}_{strength}"] = int(chosen.sum())
+        row["n_positional"] = int(pos.positional.sum())
+        rows[layer] = row
+    return _frame(analysis.profile, rows)
+
+
+def position_teams(
+    profile: NeuronProfile | Analysis, cutoffs: Cutoffs | None = None, **overrides: object
+) -> pd.DataFrame:
+    """Per layer: the strong oscillatory neurons' position ranges and whether they cover all (Fig. 9).
+
+    §5.3: the strong oscillatory neurons of a layer indicate position ranges that are "similar
+    up to a shift" and together "cover all positions". Cut-offs as for ``positional_neurons``.
+
+    Returns:
+        A DataFrame indexed by layer: ``neurons`` (list), ``ranges`` (list, per neuron, of
+        inclusive ``(first, last)`` positions), ``n_uncovered`` (positions 1..T-1 with an
+        ``f_p`` that no range covers) and ``covers_all`` (bool; False for a layer without
+        strong oscillatory neurons).
+    """
+    analysis = analysis_of(profile, cutoffs, overrides)
+    rows = []
+    kept = analysis.profile.pos_text_seqs.numpy()[1:] > 0
+    for layer in analysis.profile.layers:
+        pos = analysis.positional(layer)
+        neurons = np.flatnonzero(pos.positional & (pos.type_rank == 3) & pos.strong)
+        covered = np.zeros(kept.shape, dtype=bool)
+        for i in neurons:
+            for first, last in pos.ranges[i]:
+                covered[first - 1 : last] = True
+        n_uncovered = int((kept & ~covered).sum())
+        rows.append(
+            {
+                "layer": layer,
+                "neurons": [int(i) for i in neurons],
+                "ranges": [pos.ranges[i] for i in neurons],
+                "n_uncovered": n_uncovered,
+                "covers_all": bool(len(neurons) > 0 and n_uncovered == 0),
+            }
+        )
+    return pd.DataFrame(rows).set_index("layer")
 
 
 def layer_summary(
-    profile: NeuronProfile,
-    *,
-    k_max: int = 5,
-    coverage: int = 95,
-    mi_threshold: float = 0.05,
-    min_run: int = 8,
-    delta: float = 0.05,
-    smooth_r2: float = 0.9,
+    profile: NeuronProfile | Analysis, cutoffs: Cutoffs | None = None, **overrides: object
 ) -> pd.DataFrame:
     """One row per layer: neurons, dead, mean frequency of the alive, and counts of every kind.
 
     Args:
-        profile: A NeuronProfile.
-        k_max, coverage, mi_threshold, min_run, delta, smooth_r2: As for ``classify``.
+        profile: A NeuronProfile or an ``Analysis`` of one.
+        cutoffs, **overrides: As for ``classify``.
 
     Returns:
         Columns ``n_neurons``, ``n_dead``, ``pct_dead``, ``mean_freq_alive``, ``n_bos_only``,
         ``n_token_detectors``, ``n_ngram_detectors_2``, ``n_ngram_detectors_3``,
-        ``n_positional`` (each test on its own, so a neuron may count in several) and
-        ``kind_{kind}`` (the neurons of each kind of ``classify``'s ``kind`` column; they sum
-        to ``n_neurons``).
+        ``n_positional`` (each test on its own, so a neuron may count in several; undecidable
+        n-gram tests count in none), ``n_detectors_under_10`` (token or n-gram detectors whose
+        ``evidence`` is below 10 text activations: kinds resting on little data) and
+        ``kind_{kind}`` for each of ``classify``'s ``KINDS`` (they sum to ``n_neurons``).
     """
-    table = classify(
-        profile,
-        k_max=k_max,
-        coverage=coverage,
-        mi_threshold=mi_threshold,
-        min_run=min_run,
-        delta=delta,
-        smooth_r2=smooth_r2,
-    )
+    analysis = analysis_of(profile, cutoffs, overrides)
+    table = classification(analysis)
     grouped = table.groupby("layer")
+    detector = (
+        table["token_detector"].fillna(False)
+        | table["ngram_detector_2"].fillna(False)
+        | table["ngram_detector_3"].fillna(False)
+    ).astype(bool)
+    few = (detector & (table["evidence"] < FEW_ACTIVATIONS)).groupby(table["layer"]).sum()
     out = pd.DataFrame(
         {
             "n_neurons": grouped.size(),
@@ -174,13 +238,46 @@ def layer_summary(
             "mean_freq_alive": table[~table["dead"]].groupby("layer")["freq"].mean(),
             "n_bos_only": grouped["bos_only"].sum(),
             "n_token_detectors": grouped["token_detector"].sum(),
-            "n_ngram_detectors_2": grouped["ngram_detector_2"].sum(),
-            "n_ngram_detectors_3": grouped["ngram_detector_3"].sum(),
+            "n_ngram_detectors_2": grouped["ngram_detector_2"].sum().astype(np.int64),
+            "n_ngram_detectors_3": grouped["ngram_detector_3"].sum().astype(np.int64),
             "n_positional": grouped["positional"].sum(),
+            f"n_detectors_under_{FEW_ACTIVATIONS}": few,
         }
     )
     out.insert(2, "pct_dead", 100 * out["n_dead"] / out["n_neurons"])
     kinds = pd.crosstab(table["layer"], table["kind"]).reindex(columns=KINDS, fill_value=0)
     for kind in KINDS:
         out[f"kind_{kind}"] = kinds[kind]
-    return _by_layer(profile, out)
+    return out.reindex(pd.Index(analysis.profile.layers, name="layer"))
+
+
+def figure_tables(
+    profile: NeuronProfile | Analysis,
+    cutoffs: Cutoffs | None = None,
+    *,
+    analysis: Analysis | None = None,
+    **overrides: object,
+) -> dict[str, pd.DataFrame]:
+    """Every per-layer table, from one ``Analysis``: ``fig1a``, ``fig1b``, ``fig2_n{n}``,
+    ``fig3a_n{n}``, ``fig3b_n{n}``, ``fig4_n{n}`` for n in 1..ngram_max, ``fig8`` and
+    ``layers`` (``layer_summary``).
+
+    Pass the Analysis that ``classify`` was given to compute the classification and every
+    table with each layer's coverage and positional statistics computed once::
+
+        analysis = Analysis(profile)
+        table, tables = classify(analysis), figure_tables(analysis)
+
+    (``classify(profile, analysis=analysis)`` and ``figure_tables(profile,
+    analysis=analysis)`` are the same.)
+    """
+    analysis = analysis_of(profile, cutoffs, overrides, analysis)
+    tables = {"fig1a": fig1a(analysis), "fig1b": fig1b(analysis)}
+    for n in range(1, analysis.profile.ngram_max + 1):
+        tables[f"fig2_n{n}"] = fig2(analysis, n)
+        tables[f"fig3a_n{n}"] = fig3a(analysis, n)
+        tables[f"fig3b_n{n}"] = fig3b(analysis, n)
+        tables[f"fig4_n{n}"] = fig4(analysis, n)
+    tables["fig8"] = fig8(analysis)
+    tables["layers"] = layer_summary(analysis)
+    return tables
