@@ -1,6 +1,12 @@
-"""`tl-neuronkinds profile`: outputs, resume after an interruption, refusal of mismatched runs."""
+"""`tl-neuronkinds`: outputs, resume after an interruption, one-line errors with nothing
+half-written, corpora of several files, and runs killed at several points."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -9,13 +15,14 @@ from opt_fixtures import make_tiny_opt, tiny_tokenizer
 from profile_checks import assert_same
 
 import tl_neuronkinds as nk
-from tl_neuronkinds import cli, recording
+from tl_neuronkinds import atomic, cli
+from tl_neuronkinds.recording import checkpoint
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint_dir(tmp_path_factory) -> Path:
     path = make_tiny_opt(
         tmp_path_factory.mktemp("ckpt") / "m", vocab=300, n_ctx=32, tokenizer=False
     )
@@ -30,111 +37,226 @@ def corpus_file(tmp_path_factory) -> Path:
     return path
 
 
-def _args(checkpoint: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+def _args(model: Path, corpus: Path | list, out: Path, *extra: str) -> list[str]:
+    corpora = [str(c) for c in corpus] if isinstance(corpus, list) else [str(corpus)]
     return [
-        "profile",
-        "--model",
-        str(checkpoint),
-        "--corpus",
-        str(corpus),
-        "--seq-len",
-        "16",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *extra,
-    ]
+        "profile", "--model", str(model), "--corpus", *corpora, "--seq-len", "16",
+        "--device", "cpu", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _one_line_error(capsys) -> str:
+    """The error: the last line on stderr, one line, after at most the run's progress lines."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and not any("Traceback" in line for line in err), err
+    assert err[-1].startswith("tl-neuronkinds: error: "), err
+    return err[-1]
 
 
 def test_profile_writes_profile_table_and_summaries(
-    checkpoint, corpus_file, tmp_path, capsys
+    checkpoint_dir, corpus_file, tmp_path, capsys
 ) -> None:
     out = tmp_path / "run"
-    assert cli.main(_args(checkpoint, corpus_file, out, "--tokens", "256")) == 0
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "256")) == 0
     profile = nk.NeuronProfile.load(out / "profile")
-    assert profile.n_positions == 256 and profile.seq_len == 16
+    assert profile.n_positions == 256 and profile.seq_len == 16 and profile.ngram_cap == 50
     table = pd.read_parquet(out / "classification.parquet")
-    pd.testing.assert_frame_equal(
-        table.drop(columns="triggers"),
-        nk.classify(profile).drop(columns="triggers"),
-        check_dtype=False,
-    )
+    assert len(table) == 2 * 64 and "evidence" in table.columns
     assert len(pd.read_csv(out / "classification.csv")) == 2 * 64
-    for name in (
-        "fig1a",
-        "fig1b",
-        "fig2_n1",
-        "fig2_n3",
-        "fig3a_n2",
-        "fig3b_n1",
-        "fig4_n1",
-        "fig8",
-        "layers",
-    ):
+    for name in ("fig1a", "fig1b", "fig2_n1", "fig2_n3", "fig3a_n2", "fig3b_n1", "fig4_n1"):
         assert (out / f"summary_{name}.csv").exists(), name
-    assert "layer" in capsys.readouterr().out
+    assert (out / "summary_fig8.csv").exists() and (out / "summary_layers.csv").exists()
+    assert "n_detectors_under_10" in capsys.readouterr().out
     assert json.loads((out / "run.json").read_text())["finished"] is True
-    # A finished run is refused without --overwrite; other settings too.
-    assert cli.main(_args(checkpoint, corpus_file, out, "--tokens", "256")) == 2
-    assert cli.main(_args(checkpoint, corpus_file, out, "--tokens", "128")) == 2
-    assert cli.main(_args(checkpoint, corpus_file, out, "--tokens", "128", "--overwrite")) == 0
+    # A finished run is refused without --overwrite; other settings too; tables rebuild.
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "256")) == 2
+    assert "tables" in _one_line_error(capsys)
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "128")) == 2
+    assert "other settings" in _one_line_error(capsys)
+    (out / "summary_layers.csv").unlink()
+    assert cli.main(["tables", str(out)]) == 0
+    assert (out / "summary_layers.csv").exists()
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "128", "--overwrite")) == 0
     assert nk.NeuronProfile.load(out / "profile").n_positions == 128
 
 
-def test_interrupted_run_resumes_to_the_same_profile(
-    checkpoint, corpus_file, tmp_path, monkeypatch
+def test_an_interrupted_run_says_so_in_one_line_and_resumes(
+    checkpoint_dir, corpus_file, tmp_path, monkeypatch, capsys
 ) -> None:
     straight = tmp_path / "straight"
-    assert cli.main(_args(checkpoint, corpus_file, straight, "--tokens", "320")) == 0
-    real_record = recording.record
+    args = ("--tokens", "320", "--checkpoint-every", "64", "--batch-size", "2")
+    assert cli.main(_args(checkpoint_dir, corpus_file, straight, *args)) == 0
+    real = checkpoint.RunCheckpoint.add_segment
     calls = {"n": 0}
 
-    def failing_record(*args, **kwargs):
+    def interrupted(self, *a, **k):
+        real(self, *a, **k)
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # the user stops the run during the third chunk
-        return real_record(*args, **kwargs)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the second checkpoint
 
     resumed = tmp_path / "resumed"
-    monkeypatch.setattr(recording, "record", failing_record)
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(
-            _args(checkpoint, corpus_file, resumed, "--tokens", "320", "--checkpoint-every", "64")
-        )
-    assert nk.NeuronProfile.load(resumed / "profile").meta["rows_done"] == 8
-    monkeypatch.setattr(recording, "record", real_record)
-    assert (
-        cli.main(
-            _args(checkpoint, corpus_file, resumed, "--tokens", "320", "--checkpoint-every", "64")
-        )
-        == 0
+    monkeypatch.setattr(checkpoint.RunCheckpoint, "add_segment", interrupted)
+    capsys.readouterr()
+    assert cli.main(_args(checkpoint_dir, corpus_file, resumed, *args)) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "8 sequences are saved" in err and "resume" in err
+    assert json.loads((resumed / "run.json").read_text())["finished"] is False
+    monkeypatch.undo()
+    assert cli.main(_args(checkpoint_dir, corpus_file, resumed, *args)) == 0
+    assert "128 tokens already recorded, 192 remain" in capsys.readouterr().err
+    assert_same(
+        nk.NeuronProfile.load(straight / "profile"), nk.NeuronProfile.load(resumed / "profile")
     )
-    a, b = nk.NeuronProfile.load(straight / "profile"), nk.NeuronProfile.load(resumed / "profile")
-    assert a.n_positions == b.n_positions == 320
-    assert_same(a, b)
 
 
-def test_bad_input_is_reported_not_raised(checkpoint, tmp_path, capsys) -> None:
+def test_invalid_settings_write_nothing(checkpoint_dir, corpus_file, tmp_path, capsys) -> None:
+    out = tmp_path / "o"
+    for extra, message in (
+        (("--layers", "0,9"), "layers"),
+        (("--layers", "a"), "--layers"),
+        (("--tokens", "x"), "--tokens"),
+        (("--ngram-cap", "3"), "--ngram-cap"),
+        (("--checkpoint-every", "0"), "--checkpoint-every"),
+    ):
+        assert cli.main(_args(checkpoint_dir, corpus_file, out, *extra)) == 2
+        assert message in _one_line_error(capsys)
+        assert not out.exists()
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "64")) == 0  # then fine
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    assert cli.main(_args(checkpoint_dir, corpus_file, file)) == 2
+    assert "a file is there" in _one_line_error(capsys)
     missing = tmp_path / "nope.jsonl"
+    assert cli.main(_args(checkpoint_dir, missing, tmp_path / "o2")) == 2
+    assert "nope.jsonl" in _one_line_error(capsys)
     assert (
-        cli.main(
-            [
-                "profile",
-                "--model",
-                str(checkpoint),
-                "--corpus",
-                str(missing),
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path / "o"),
-            ]
-        )
+        cli.main(["profile", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o3")])
         == 2
     )
-    assert "nope.jsonl" in capsys.readouterr().err
-    assert (
-        cli.main(["profile", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o2")])
-        == 2
+    _one_line_error(capsys)
+
+
+def test_a_disk_error_is_one_line_and_the_run_is_not_marked_finished(
+    checkpoint_dir, corpus_file, tmp_path, monkeypatch, capsys
+) -> None:
+    real = atomic.atomic_write
+
+    def full_disk(path, write):
+        if str(path).endswith(".csv"):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, write)
+
+    monkeypatch.setattr(cli, "atomic_write", full_disk)
+    out = tmp_path / "full"
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "64")) == 2
+    assert "No space left on device" in _one_line_error(capsys)
+    assert json.loads((out / "run.json").read_text())["finished"] is False
+    assert not list(out.glob(".*.tmp"))  # nothing half-written left behind
+    monkeypatch.undo()
+    assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "64")) == 0
+
+
+def test_every_jsonl_is_parsed_and_text_files_mix_in(checkpoint_dir, corpus_file, tmp_path) -> None:
+    second = tmp_path / "more.jsonl"
+    second.write_text(json.dumps({"text": "a jsonl document " * 30}) + "\n")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("a plain text document " * 30)
+    corpus = cli._corpus([str(corpus_file), str(second), str(plain)])
+    docs = list(corpus)
+    assert len(docs) == 6 and docs[4].startswith("a jsonl") and docs[5].startswith("a plain")
+    assert not any(doc.startswith("{") for doc in docs)  # no JSON read as text
+    out = tmp_path / "mixed"
+    assert cli.main(_args(checkpoint_dir, [corpus_file, second, plain], out, "--tokens", "64")) == 0
+
+
+# ------------------------------------------------------------------ real processes
+def _command(model: Path, corpus: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "tl_neuronkinds"] + _args(
+        model, corpus, out, "--tokens", "1024", "--checkpoint-every", "64", "--batch-size", "1"
     )
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start_and_wait(command: list[str], ready) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
+def _segments(out: Path) -> int:
+    try:
+        return len(json.loads((out / "checkpoint" / "state.json").read_text())["segments"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_kill_9_at_several_points_end_in_the_uninterrupted_profile(
+    checkpoint_dir, corpus_file, tmp_path
+) -> None:
+    straight = tmp_path / "straight"
+    subprocess.run(
+        _command(checkpoint_dir, corpus_file, straight), env=_env(), check=True, capture_output=True
+    )
+    reference = nk.NeuronProfile.load(straight / "profile")
+    out = tmp_path / "stopped"
+    command = _command(checkpoint_dir, corpus_file, out)
+    # Ctrl-C after two checkpoints: one line, exit 130, nothing else.
+    proc = _start_and_wait(command, lambda: _segments(out) >= 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "tl-neuronkinds: interrupted"
+    )
+    # kill -9 at three points: while recording, before any new checkpoint, while writing outputs.
+    for ready in (
+        lambda: _segments(out) >= 5,
+        lambda: True,
+        lambda: (
+            (out / "profile").exists()
+            or _segments(out) == 0
+            and (out / "checkpoint" / "profile").exists()
+        ),
+    ):
+        proc = _start_and_wait(command, ready)
+        proc.kill()
+        proc.communicate(timeout=120)
+    finished = subprocess.run(command, env=_env(), capture_output=True, text=True)
+    state = json.loads((out / "run.json").read_text())
+    assert finished.returncode == 0 or (finished.returncode == 2 and state["finished"]), (
+        finished.stderr
+    )
+    assert state["finished"] is True and (out / "summary_layers.csv").exists()
+    assert_same(nk.NeuronProfile.load(out / "profile"), reference)
+
+
+@pytest.mark.slow
+def test_torchrun_records_data_parallel(checkpoint_dir, corpus_file, tmp_path) -> None:
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    base = _args(checkpoint_dir, corpus_file, single, "--tokens", "256", "--ngram-cap", "none")
+    assert cli.main(base) == 0
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-port", "29517", "-m", "tl_neuronkinds",
+        *_args(checkpoint_dir, corpus_file, parallel, "--tokens", "256", "--ngram-cap", "none"),
+    ]  # fmt: skip
+    env = {**_env(), "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = nk.NeuronProfile.load(parallel / "profile")
+    assert got.meta["world_size"] == 2
+    assert_same(got, nk.NeuronProfile.load(single / "profile"))
