@@ -1,25 +1,31 @@
-"""Benchmark: nk.record against the bare forward and against the naive TransformerLens route.
+"""Benchmark: nk.record against the bare forward (and the naive TransformerLens route).
 
-Each method runs in its own subprocess so its peak resident memory is its own:
+Each method runs in its own subprocess, so its peak resident memory is its own:
 
 - ``bare``: ``model(batch, stop_at_layer=L)`` over all batches (the floor).
-- ``record``: ``nk.record`` on the same batches (all layers, n-grams up to 3).
+- ``record``: ``nk.record`` with its defaults (n-gram cap 50: unigram sample -> plan, record
+  pass with reviews, repair where needed). Also timed: each pass, the profile's size on disk,
+  ``nk.classify`` on it.
+- design variants of ``record`` (``--variants``), to compare plans side by side:
+  ``two-pass`` (the plan from a unigram pass over every row, then the record pass),
+  ``no-reviews`` (the sampled plan, kept whole to the end), ``exhaustive`` (``ngram_cap=None``).
 - ``naive``: what a researcher writes by hand — ``run_with_cache`` on every ``hook_post``,
-  activations kept, then counting unigram/bigram/trigram x neuron pairs with pandas ``groupby``
-  and positions with numpy.
+  activations kept, then unigram/bigram/trigram x neuron counts with pandas ``groupby``.
 
 Usage::
 
-    python benchmarks/record.py --tokens 1048576 --naive-tokens 65536 262144 --out bench.json
-    python benchmarks/record.py --size opt-125m --n-layers 4 --tokens 65536
+    python benchmarks/record.py --tokens 1000000 250000
+    python benchmarks/record.py --size opt-125m --tokens 262144 --seq-len 512
+    python benchmarks/record.py --tokens 262144 --variants two-pass no-reviews
 
 The model is the embedded one (``tl_neuronkinds/data/embedded_model``) or, with ``--size``, a
 random checkpoint of that OPT shape (``../shared/data/opt-configs.json``) with OPT's tokenizer
-(``../shared/data/opt-tokenizer``); tokens are the embedded corpus (train split, real text)
-packed at ``--seq-len`` (default: the model's context).
+(``../shared/data/opt-tokenizer``); tokens are the embedded corpus's train split, packed at
+``--seq-len`` (default: the model's context).
 """
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -41,6 +47,7 @@ import tl_neuronkinds as nk  # noqa: E402
 
 OPT_TOKENIZER = ROOT.parent / "shared/data/opt-tokenizer"
 CONFIGS = ROOT.parent / "shared/data/opt-configs.json"
+VARIANTS = ("two-pass", "no-reviews", "exhaustive")
 
 
 def _checkpoint(size: str | None, n_layers: int | None, directory: Path) -> Path:
@@ -73,8 +80,14 @@ def _bare(model, tokens, batch_size: int) -> None:
             model(tokens[i : i + batch_size].to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
 
 
-def _record(model, tokens, batch_size: int) -> nk.NeuronProfile:
-    return nk.record(model, tokens, batch_size=batch_size, progress=False)
+def _record(model, tokens, batch_size: int, variant: str) -> nk.NeuronProfile:
+    module = importlib.import_module("tl_neuronkinds.recording.record")
+    if variant == "two-pass":
+        module.SAMPLE_FRACTION = 1.0
+    elif variant == "no-reviews":
+        module.REVIEWS = ()
+    cap = None if variant == "exhaustive" else 50
+    return nk.record(model, tokens, ngram_cap=cap, batch_size=batch_size, progress=False)
 
 
 def _naive(model, tokens, batch_size: int) -> dict:
@@ -106,57 +119,50 @@ def _naive(model, tokens, batch_size: int) -> dict:
     return results
 
 
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def run_one(method: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    batch_size = args.batch_size
-    model, ids = _load(args.checkpoint, args.tokens, args.seq_len, args.device)
+    model, ids = _load(args.checkpoint, args.tokens[0], args.seq_len, args.device)
     start = time.perf_counter()
     result: dict = {}
     if method == "bare":
-        _bare(model, ids, batch_size)
-    elif method == "record":
-        profile = _record(model, ids, batch_size)
-        result["keys_per_layer"] = {
-            str(layer): {n: int(c.ngrams[n].keys.numel()) for n in (1, 2, 3)}
+        _bare(model, ids, args.batch_size)
+    elif method == "naive":
+        _naive(model, ids, args.batch_size)
+    else:
+        profile = _record(model, ids, args.batch_size, method.removeprefix("record:"))
+        seconds = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            profile.save(Path(tmp) / "p")
+            result["profile_mb"] = _dir_bytes(Path(tmp) / "p") / 2**20
+        t0 = time.perf_counter()
+        nk.classify(profile)
+        result["classify_s"] = time.perf_counter() - t0
+        result["passes"] = profile.meta["passes"]
+        result["ngram_pairs"] = {
+            str(layer): {n: int(c.ngrams[n].keys.numel()) for n in c.ngrams}
             for layer, c in profile.counts.items()
         }
-        result["profile_bytes_per_layer"] = _profile_bytes(profile)
-    else:
-        _naive(model, ids, batch_size)
-    seconds = time.perf_counter() - start
+        result.update(seconds=seconds)
+    result.setdefault("seconds", time.perf_counter() - start)
     result.update(
         method=method,
         tokens=int(ids.numel()),
-        seconds=seconds,
-        tokens_per_s=ids.numel() / seconds,
+        tokens_per_s=ids.numel() / result["seconds"],
         peak_rss_mb=_peak_rss_mb(),
         peak_device_mb=torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None,
     )
     return result
 
 
-def _profile_bytes(profile: nk.NeuronProfile) -> dict:
-    layer = profile.counts[profile.layers[0]]
-    return {
-        "active+active_text": 2 * 8 * profile.d_mlp,
-        "pos_active": 8 * profile.seq_len * profile.d_mlp,
-        **{f"ngram_{n}": 16 * int(layer.ngrams[n].keys.numel()) for n in (1, 2, 3)},
-    }
-
-
 def _spawn(method: str, args: argparse.Namespace, checkpoint: Path, tokens: int) -> dict:
     """Run one method in a fresh process (so its peak RSS is its own) and return its figures."""
     cmd = [sys.executable, __file__, "--one", method, "--checkpoint", str(checkpoint)]
-    cmd += [
-        "--tokens",
-        str(tokens),
-        "--batch-size",
-        str(args.batch_size),
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device,
-    ]
+    cmd += ["--tokens", str(tokens), "--batch-size", str(args.batch_size)]
+    cmd += ["--threads", str(args.threads), "--device", args.device]
     if args.seq_len:
         cmd += ["--seq-len", str(args.seq_len)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -164,50 +170,63 @@ def _spawn(method: str, args: argparse.Namespace, checkpoint: Path, tokens: int)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _summary(bare: dict, rec: dict) -> dict:
+    passes = rec.get("passes", {})
+    record_pass = passes.get("record", {}).get("seconds")
+    return {
+        "tokens": rec["tokens"],
+        "method": rec["method"],
+        "whole_vs_bare": bare["seconds"] / rec["seconds"],
+        "record_pass_vs_bare": bare["seconds"] / record_pass if record_pass else None,
+        "plan_s": passes.get("plan", {}).get("seconds"),
+        "record_s": record_pass,
+        "repair_s": passes.get("repair", {}).get("seconds"),
+        "peak_rss_mb": rec["peak_rss_mb"],
+        "profile_mb": rec.get("profile_mb"),
+        "classify_s": rec.get("classify_s"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--size",
-        default=None,
-        help="an OPT shape from opt-configs.json (default: the embedded model)",
-    )
+    parser.add_argument("--size", default=None, help="an OPT shape (default: the embedded model)")
     parser.add_argument("--n-layers", type=int, default=None, help="fewer blocks than the size has")
-    parser.add_argument("--tokens", type=int, default=1 << 20)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1 << 20])
     parser.add_argument("--seq-len", type=int, default=None)
+    parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS)
     parser.add_argument(
         "--naive-tokens", type=int, nargs="*", default=[], help="token counts for the naive route"
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--one", choices=["bare", "record", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
+    rows, summaries = [], []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = _checkpoint(args.size, args.n_layers, Path(tmp))
-        rows = [
-            _spawn("bare", args, checkpoint, args.tokens),
-            _spawn("record", args, checkpoint, args.tokens),
-        ]
-        for n in args.naive_tokens:
-            rows += [
-                _spawn("bare", args, checkpoint, n),
-                _spawn("record", args, checkpoint, n),
-                _spawn("naive", args, checkpoint, n),
-            ]
-    table = pd.DataFrame(rows)[["method", "tokens", "seconds", "tokens_per_s", "peak_rss_mb"]]
-    print(table.to_string(index=False))
-    print(
-        f"\nrecord / bare throughput at {args.tokens} tokens: {rows[1]['tokens_per_s'] / rows[0]['tokens_per_s']:.3f}"
-    )
-    print("profile bytes per layer (first layer):", json.dumps(rows[1]["profile_bytes_per_layer"]))
-    print("n-gram keys per layer:", json.dumps(rows[1]["keys_per_layer"]))
+        for tokens in args.tokens:
+            bare = _spawn("bare", args, checkpoint, tokens)
+            rows.append(bare)
+            for method in ["record", *(f"record:{v}" for v in args.variants)]:
+                rec = _spawn(method, args, checkpoint, tokens)
+                rows.append(rec)
+                summaries.append(_summary(bare, rec))
+                print(json.dumps(summaries[-1]), flush=True)
+        for tokens in args.naive_tokens:
+            rows += [_spawn(m, args, checkpoint, tokens) for m in ("bare", "record", "naive")]
+    table = pd.DataFrame(summaries)
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    if args.naive_tokens:
+        naive = pd.DataFrame(rows)[["method", "tokens", "seconds", "tokens_per_s", "peak_rss_mb"]]
+        print(naive.tail(3 * len(args.naive_tokens)).to_string(index=False))
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
+        args.out.write_text(json.dumps({"rows": rows, "summaries": summaries}, indent=1))
 
 
 if __name__ == "__main__":
