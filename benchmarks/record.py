@@ -71,7 +71,22 @@ def _load(checkpoint: Path, tokens: int, seq_len: int | None, device: str):
 
 
 def _peak_rss_mb() -> float:
+    """Peak resident memory since the process started, or since ``_reset_peak``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> None:
+    """Start the peak over from the current resident memory (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def _bare(model, tokens, batch_size: int) -> None:
@@ -126,8 +141,9 @@ def _dir_bytes(path: Path) -> int:
 def run_one(method: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model, ids = _load(args.checkpoint, args.tokens[0], args.seq_len, args.device)
+    result: dict = {"loaded_rss_mb": _peak_rss_mb()}
+    _reset_peak()  # the peaks below are of the method itself (model and tokens resident)
     start = time.perf_counter()
-    result: dict = {}
     if method == "bare":
         _bare(model, ids, args.batch_size)
     elif method == "naive":
@@ -135,6 +151,7 @@ def run_one(method: str, args: argparse.Namespace) -> dict:
     else:
         profile = _record(model, ids, args.batch_size, method.removeprefix("record:"))
         seconds = time.perf_counter() - start
+        result["record_peak_rss_mb"] = _peak_rss_mb()  # before the profile is saved, classified
         with tempfile.TemporaryDirectory() as tmp:
             profile.save(Path(tmp) / "p")
             result["profile_mb"] = _dir_bytes(Path(tmp) / "p") / 2**20
@@ -181,7 +198,9 @@ def _summary(bare: dict, rec: dict) -> dict:
         "plan_s": passes.get("plan", {}).get("seconds"),
         "record_s": record_pass,
         "repair_s": passes.get("repair", {}).get("seconds"),
+        "record_peak_rss_mb": rec.get("record_peak_rss_mb"),
         "peak_rss_mb": rec["peak_rss_mb"],
+        "loaded_rss_mb": rec["loaded_rss_mb"],
         "profile_mb": rec.get("profile_mb"),
         "classify_s": rec.get("classify_s"),
     }

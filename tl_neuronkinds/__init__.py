@@ -12,8 +12,13 @@ from tl_neuronkinds.corpus import Corpus
 from tl_neuronkinds.data import embedded_model_dir
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import (
+    Analysis,
+    Cutoffs,
+    EvidenceWarning,
+    UndecidableWarning,
     classify,
     dead_neurons,
+    figure_tables,
     layer_summary,
     ngram_coverage,
     position_teams,
@@ -30,15 +35,20 @@ from tl_neuronkinds.recording import (
 from tl_neuronkinds.version import __version__
 
 __all__ = [
+    "Analysis",
     "Corpus",
+    "Cutoffs",
+    "EvidenceWarning",
     "LayerCounts",
     "NeuronKindsError",
     "NeuronProfile",
     "NeuronRecorder",
+    "UndecidableWarning",
     "__version__",
     "classify",
     "dead_neurons",
     "embedded_model_dir",
+    "figure_tables",
     "layer_summary",
     "load_opt",
     "ngram_coverage",

@@ -39,8 +39,10 @@ from tl_neuronkinds.recording.profile import NeuronProfile
 Plan = dict[int, Bool[torch.Tensor, " d_mlp"]]
 #: Layer -> n -> each neuron's projected activations at order n over a whole pass.
 Expected = dict[int, dict[int, torch.Tensor]]
-#: Dense [neurons, d_vocab] cells built at once to find each neuron's largest unigram counts.
+#: Dense [neurons, d_vocab] cells built at once to find each neuron's largest unigram counts,
+#: and table entries scattered into them at once (bounds the transient index arrays).
 _DENSE_ELEMENTS = 1 << 24
+_KEY_SLICE = 1 << 22
 #: The sample's bound may be this many times the cap for a neuron to be planned. Measured on the
 #: embedded model (BENCHMARKS.md, "The n-gram plan"): from a 5% sample, margin 1 misses a neuron
 #: that the full counts need, 1.5 and 2 miss none.
@@ -68,18 +70,25 @@ def top_sums(table: Table, d_mlp: int, d_vocab: int, k: int) -> np.ndarray:
     unigram ``table`` (all of them where it has fewer).
 
     Built by ``torch.topk`` over dense ``[neurons, d_vocab]`` blocks of at most
-    ``_DENSE_ELEMENTS`` cells, so no full sort of the table is needed.
+    ``_DENSE_ELEMENTS`` cells, filled a slice of keys at a time, so neither a full sort of the
+    table nor a copy of it is needed.
     """
-    gid, neuron = table.keys // d_mlp, table.keys % d_mlp
     k = max(1, min(k, d_vocab))
     out = torch.zeros(k, d_mlp, dtype=torch.int64)
     step = max(1, _DENSE_ELEMENTS // d_vocab)
     for lo in range(0, d_mlp, step):
         hi = min(lo + step, d_mlp)
-        chosen = (neuron >= lo) & (neuron < hi)
-        dense = torch.zeros(hi - lo, d_vocab, dtype=torch.int64)
-        dense[neuron[chosen] - lo, gid[chosen]] = table.counts[chosen]
-        out[:, lo:hi] = dense.topk(k, dim=1).values.cumsum(1).T
+        dense = torch.zeros((hi - lo) * d_vocab, dtype=torch.int64)
+        for first in range(0, table.keys.numel(), _KEY_SLICE):
+            keys = table.keys[first : first + _KEY_SLICE]
+            counts = table.counts[first : first + _KEY_SLICE]
+            gid, neuron = keys // d_mlp, keys % d_mlp
+            if step < d_mlp:
+                chosen = (neuron >= lo) & (neuron < hi)
+                gid, neuron, counts = gid[chosen], neuron[chosen], counts[chosen]
+            dense[(neuron - lo) * d_vocab + gid] = counts
+        top = dense.view(hi - lo, d_vocab).topk(k, dim=1).values
+        out[:, lo:hi] = top.cumsum(1).T
     return out.numpy()
 
 
@@ -161,10 +170,17 @@ def unknown(profile: NeuronProfile, layer: int, n: int, coverage: int = 95) -> n
 def unknown_plan(profile: NeuronProfile) -> dict[int, dict[int, Bool[torch.Tensor, " d_mlp"]]]:
     """Layer -> n -> the unknown neurons (at the recording's 95%); layers with none left out."""
     out = {}
+    cap = profile.ngram_cap
     for layer in profile.layers:
-        by_order = {
-            n: torch.from_numpy(unknown(profile, layer, n)) for n in range(2, profile.ngram_max + 1)
-        }
+        orders = range(2, profile.ngram_max + 1)
+        if cap is None or all(profile.complete(layer, n).all() for n in orders):
+            continue
+        bounds = unigram_bounds(profile, layer, cap)
+        by_order = {}
+        for n in orders:
+            lacking = ~profile.complete(layer, n).numpy() & (ngram_active(profile, layer, n) > 0)
+            proven = censored(profile, layer, n, bound=bounds[n])
+            by_order[n] = torch.from_numpy(lacking & ~proven)
         if any(mask.any() for mask in by_order.values()):
             out[layer] = by_order
     return out
@@ -182,22 +198,24 @@ def review_drop(
     """(neurons to drop, the tails of ``table``'s own counts) at a review ``fraction_done``
     into a pass.
 
-    A complete neuron is dropped where its tail so far already exceeds, by ``REVIEW_SAFETY``,
-    5% of the activations it is heading for: the larger of its activations so far divided by
-    ``fraction_done`` and ``expected`` (its final activations as projected from the plan's
-    evenly spread sample, which a neuron busy only late in the data would otherwise fool).
+    A complete neuron is dropped where its tail so far exceeds, by ``REVIEW_SAFETY``, 5% of the
+    activations it is heading for: those seen so far plus, for the rest of the pass, its share
+    of ``expected`` (its activations over the pass projected from the plan's evenly spread
+    sample), or, without a projection, those seen so far divided by ``fraction_done``.
     ``carried`` = (tail bounds, activations) of the pass's earlier checkpoint intervals adds to
-    both; only ``table``'s own tail is returned as the bound to store (bounds of disjoint parts
-    add up, so each part stores its own).
+    what was seen; only ``table``'s own tail is returned as the bound to store (bounds of
+    disjoint parts add up, so each part stores its own). A wrong projection costs a recount at
+    the end (``unknown``), never a wrong result.
     """
     d_mlp = complete.numel()
     total, tail = table.neuron_tails(d_mlp, cap)
-    seen_tail, seen = tail, total
+    seen_tail, seen = tail, total.double()
     if carried is not None:
-        seen_tail, seen = tail + carried[0].to(tail.device), total + carried[1].to(tail.device)
-    heading = seen / fraction_done
-    if expected is not None:
-        heading = torch.maximum(heading, expected.to(heading.device))
+        seen_tail, seen = tail + carried[0].to(tail.device), seen + carried[1].to(tail.device)
+    if expected is None:
+        heading = seen / fraction_done
+    else:
+        heading = seen + (1 - fraction_done) * expected.to(seen.device)
     complete = complete.to(total.device)
     drop = complete & (seen_tail > 0) & (100 * seen_tail > 5 * REVIEW_SAFETY * heading)
     return drop, tail

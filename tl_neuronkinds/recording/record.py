@@ -59,8 +59,11 @@ SAMPLE_FRACTION = 0.05
 SAMPLE_MIN_POSITIONS = 1 << 14
 #: Tokens between checkpoints when a checkpoint_dir is given without checkpoint_every.
 DEFAULT_CHECKPOINT_TOKENS = 1 << 20
-#: How far through the record pass its tables are reviewed (``NeuronRecorder.review``).
+#: When the record pass reviews its tables (``NeuronRecorder.review``): as it passes these
+#: fractions of its rows, and every ``REVIEW_EVERY`` tokens, so the planned neurons' tables never
+#: hold more than that many tokens' worth of spread-out neurons (memory flat in run length).
 REVIEWS = (1 / 8, 1 / 4, 1 / 2)
+REVIEW_EVERY = 1 << 16
 Carried = dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -116,8 +119,6 @@ def record(
     check_tokens(tokens, model, make.bos_token_id)
     rank, world_size = _world()
     seq_len = tokens.shape[1]
-    batch = _batch_size(batch_size, model, seq_len)
-    every = _checkpoint_rows(checkpoint_dir, checkpoint_every, seq_len)
     ckpt = None
     if checkpoint_dir is not None:
         settings = {
@@ -133,95 +134,147 @@ def record(
         ckpt = RunCheckpoint(checkpoint_dir, settings, rank, world_size)
         if ckpt.finished:
             return ckpt.final()
-    earlier = ckpt.seconds if ckpt else 0.0
-    local = tokens[rank::world_size]
-    sample_rows = _sample_rows(tokens.shape[0], seq_len)
-    sample = sample_rows[rank::world_size]
+    run = _Run(
+        model,
+        tokens,
+        make,
+        ckpt,
+        batch=_batch_size(batch_size, model, seq_len),
+        every=_checkpoint_rows(checkpoint_dir, checkpoint_every, seq_len),
+        corpus=corpus,
+        start=start,
+    )
     capped = cap is not None and ngram_max >= 2
     expected = None
     if capped and plan is None and ckpt is not None:
         plan, expected = ckpt.plan()
     need_sample = capped and plan is None
-    done_rows = ckpt.rows_done if ckpt else 0
-    total = (sample.numel() * seq_len if need_sample else 0) + local.numel()
-    bar = Progress(
-        total, initial=done_rows * seq_len, enabled=(progress is not False) and rank == 0
-    )
-    if done_rows:
-        bar.note(
-            f"resuming: {done_rows * seq_len * world_size:,} tokens already recorded, "
-            f"{(local.shape[0] - done_rows) * seq_len * world_size:,} remain"
-        )
-    passes: dict[str, dict[str, Any]] = {}
+    sample = _sample_rows(tokens.shape[0], seq_len)
+    run.open_progress(sample[rank::world_size].numel() * seq_len if need_sample else 0, progress)
     try:
         if need_sample:
-            bar.set_phase("plan")
-            t0 = time.perf_counter()
-            sampled = _gather(
-                _run(
-                    make(ngram_max=1, cap=None), model, local=tokens[sample], batch=batch, bar=bar
-                ),
-                world_size,
-            )
-            plan = choose_plan(sampled, cap or 0, ngram_max)
-            scale = tokens.shape[0] / sample_rows.numel() / world_size
-            expected = _expected(sampled, scale, ngram_max)
-            passes["plan"] = _timing(sampled.n_positions, t0)
-            if ckpt is not None:
-                ckpt.save_plan(plan, expected, earlier + time.perf_counter() - start)
-        bar.set_phase("record")
-        t0 = time.perf_counter()
-        segments = ckpt.segments() if ckpt else []
-        carried = _carried(segments) if capped and segments else None
-        if segments and capped:
-            plan = _still_counted(segments[-1])
-        recorder = make(plan=plan) if capped else make()
-        # Reviews already made before a resumed run's last checkpoint are not made again.
-        made = sum(point * local.shape[0] <= done_rows for point in REVIEWS)
-        reviews = _Reviews(recorder, local.shape[0], carried, expected, made)
-        for first in range(done_rows, local.shape[0], every):
-            rows = local[first : first + every]
-            _record_rows(recorder, model, rows, batch, bar, partial(reviews.after, first))
-            if ckpt is not None:
-                segment = recorder.profile(corpus=corpus)
-                ckpt.add_segment(
-                    segment, first + rows.shape[0], earlier + time.perf_counter() - start
-                )
-                segments.append(segment)
-                if capped:
-                    carried = _carried([segment], carried)
-                    recorder = make(plan=_still_counted(segment))
-                else:
-                    recorder = make()
-                reviews = _Reviews(recorder, local.shape[0], carried, expected, reviews.done)
-        if ckpt is None and local.shape[0]:
-            segments = [recorder.profile(corpus=corpus)]
-        profile = _gather(NeuronProfile.merge(segments) if segments else None, world_size)
-        passes["record"] = _timing(profile.n_positions, t0)
+            plan, expected = run.plan_pass(sample, ngram_max)
+        profile = run.record_pass(plan if capped else None, expected)
         lacking = unknown_plan(profile)
         if lacking:
-            bar.set_phase("repair")
-            bar.extend(local.numel())
-            t0 = time.perf_counter()
-            union = {
-                layer: torch.stack(list(by_n.values())).any(0) for layer, by_n in lacking.items()
-            }
-            fixer = make(layers=sorted(lacking), plan=union)
-            _record_rows(fixer, model, local, batch, bar)
-            repair = _gather(fixer.profile() if local.shape[0] else None, world_size)
-            add_repair(profile, repair, lacking)
-            passes["repair"] = _timing(repair.n_positions, t0)
-            passes["repair"]["neurons"] = sum(int(m.sum()) for m in union.values())
+            run.repair_pass(profile, lacking)
     finally:
-        bar.close()
+        run.bar.close()
     finalize(profile)
-    seconds = earlier + time.perf_counter() - start
-    profile.meta.update(corpus=corpus, record_seconds=round(seconds, 3), passes=passes)
+    seconds = run.seconds()
+    profile.meta.update(corpus=corpus, record_seconds=round(seconds, 3), passes=run.passes)
     if world_size > 1:
         profile.meta["world_size"] = world_size
     if ckpt is not None:
         ckpt.finish(profile, seconds)
     return profile
+
+
+class _Run:
+    """One recording run's passes over this rank's rows (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokens: torch.Tensor,
+        make: "_RecorderFactory",
+        ckpt: RunCheckpoint | None,
+        *,
+        batch: int,
+        every: int,
+        corpus: str | None,
+        start: float,
+    ) -> None:
+        self.model, self.tokens, self.make, self.ckpt = model, tokens, make, ckpt
+        self.rank, self.world_size = _world()
+        self.local = tokens[self.rank :: self.world_size]
+        self.batch, self.every, self.corpus, self.start = batch, every, corpus, start
+        self.earlier = ckpt.seconds if ckpt else 0.0
+        self.done_rows = ckpt.rows_done if ckpt else 0
+        self.passes: dict[str, dict[str, Any]] = {}
+        self.bar = Progress(0, enabled=False)
+
+    def seconds(self) -> float:
+        """Seconds this run has taken, every session of a resumed run included."""
+        return self.earlier + time.perf_counter() - self.start
+
+    def open_progress(self, sample_tokens: int, progress: bool | None) -> None:
+        seq_len = self.tokens.shape[1]
+        self.bar = Progress(
+            sample_tokens + self.local.numel(),
+            initial=self.done_rows * seq_len,
+            enabled=(progress is not False) and self.rank == 0,
+        )
+        if self.done_rows:
+            remain = (self.local.shape[0] - self.done_rows) * seq_len * self.world_size
+            self.bar.note(
+                f"resuming: {self.done_rows * seq_len * self.world_size:,} tokens already "
+                f"recorded, {remain:,} remain"
+            )
+
+    def plan_pass(self, sample: torch.Tensor, ngram_max: int) -> tuple[Plan, Expected]:
+        """The unigram sample: the plan and each neuron's projected activations."""
+        self.bar.set_phase("plan")
+        t0 = time.perf_counter()
+        rows = self.tokens[sample[self.rank :: self.world_size]]
+        recorder = self.make(ngram_max=1, cap=None)
+        _record_rows(recorder, self.model, rows, self.batch, self.bar)
+        sampled = _gather(recorder.profile() if rows.shape[0] else None, self.world_size)
+        plan = choose_plan(sampled, self.make.cap or 0, ngram_max)
+        scale = self.tokens.shape[0] / sample.numel() / self.world_size
+        expected = _expected(sampled, scale, ngram_max)
+        self.passes["plan"] = _timing(sampled.n_positions, t0)
+        if self.ckpt is not None:
+            self.ckpt.save_plan(plan, expected, self.seconds())
+        return plan, expected
+
+    def record_pass(self, plan: Plan | None, expected: Expected | None) -> NeuronProfile:
+        """Every row: unigram and position counts for all, n >= 2 for the plan; reviews."""
+        self.bar.set_phase("record")
+        t0 = time.perf_counter()
+        ckpt, local = self.ckpt, self.local
+        segments = ckpt.segments() if ckpt else []
+        capped = plan is not None
+        carried = _carried(segments) if capped and segments else None
+        if segments and capped:
+            plan = _still_counted(segments[-1])
+        recorder = self.make(plan=plan)
+        for first in range(self.done_rows, local.shape[0], self.every):
+            rows = local[first : first + self.every]
+            reviews = _Reviews(recorder, local.shape, carried, expected)
+            _record_rows(
+                recorder, self.model, rows, self.batch, self.bar, partial(reviews.after, first)
+            )
+            if ckpt is None:
+                segments.append(recorder.profile(corpus=self.corpus))
+                continue
+            segment = recorder.profile(corpus=self.corpus)
+            ckpt.add_segment(segment, first + rows.shape[0], self.seconds())
+            segments.append(segment)
+            if capped:
+                carried = _carried([segment], carried)
+                plan = _still_counted(segment)
+            recorder = self.make(plan=plan)
+        del recorder  # its tables are in the segments now
+        merged = NeuronProfile.merge(segments) if segments else None
+        profile = _gather(merged, self.world_size)
+        self.passes["record"] = _timing(profile.n_positions, t0)
+        return profile
+
+    def repair_pass(
+        self, profile: NeuronProfile, lacking: dict[int, dict[int, torch.Tensor]]
+    ) -> None:
+        """Every row again, up to the highest layer concerned: count the unknown neurons."""
+        self.bar.set_phase("repair")
+        self.bar.extend(self.local.numel())
+        t0 = time.perf_counter()
+        union = {layer: torch.stack(list(by_n.values())).any(0) for layer, by_n in lacking.items()}
+        fixer = self.make(layers=sorted(lacking), plan=union)
+        _record_rows(fixer, self.model, self.local, self.batch, self.bar)
+        repair = _gather(fixer.profile() if self.local.shape[0] else None, self.world_size)
+        add_repair(profile, repair, lacking)
+        self.passes["repair"] = _timing(repair.n_positions, t0)
+        self.passes["repair"]["neurons"] = sum(int(m.sum()) for m in union.values())
 
 
 class _RecorderFactory:
@@ -266,10 +319,10 @@ def _record_rows(
     rows: torch.Tensor,
     batch: int,
     bar: Progress,
-    after: Callable[[int], None] | None = None,
+    after: Callable[[int, int], None] | None = None,
 ) -> None:
     """Forward ``rows`` in batches under ``recorder``, stopping after its last layer;
-    ``after(rows_done)`` runs after each batch."""
+    ``after(rows_before, rows_after)`` runs after each batch."""
     device = _model_device(model)
     stop = recorder.layers[-1] + 1
     with torch.inference_mode(), recorder.recording():
@@ -278,29 +331,33 @@ def _record_rows(
             model(part, stop_at_layer=stop)
             bar.update(part.numel())
             if after is not None:
-                after(first + part.shape[0])
+                after(first, first + part.shape[0])
 
 
 class _Reviews:
-    """Calls ``recorder.review`` as the record pass crosses each of ``REVIEWS``."""
+    """Calls ``recorder.review`` after a batch that crosses one of ``REVIEWS`` or a multiple of
+    ``REVIEW_EVERY`` tokens. Crossings depend only on where the batch lies in the pass, so a
+    resumed run reviews where an uninterrupted one did."""
 
     def __init__(
         self,
         recorder: NeuronRecorder,
-        n_rows: int,
+        shape: tuple[int, ...],
         carried: Carried | None,
         expected: Expected | None,
-        done: int = 0,
     ) -> None:
-        self.recorder, self.n_rows, self.done = recorder, n_rows, done
+        self.recorder, (self.n_rows, self.seq_len) = recorder, shape
         self.carried, self.expected = carried, expected
 
-    def after(self, offset: int, rows_done: int) -> None:
-        fraction = (offset + rows_done) / self.n_rows
-        due = [point for point in REVIEWS[self.done :] if fraction >= point]
-        if due and self.recorder.ngram_cap is not None:
-            self.recorder.review(fraction, self.carried, self.expected)
-            self.done += len(due)
+    def after(self, offset: int, rows_before: int, rows_after: int) -> None:
+        if self.recorder.ngram_cap is None:
+            return
+        before, after = offset + rows_before, offset + rows_after
+        crossed = any(before < point * self.n_rows <= after for point in REVIEWS) or (
+            before * self.seq_len // REVIEW_EVERY < after * self.seq_len // REVIEW_EVERY
+        )
+        if crossed:
+            self.recorder.review(after / self.n_rows, self.carried, self.expected)
 
 
 def _expected(sample: NeuronProfile, scale: float, ngram_max: int) -> Expected:
@@ -338,13 +395,6 @@ def _carried(segments: list[NeuronProfile], carried: Carried | None = None) -> C
                 old = out.setdefault(layer, {}).get(n)
                 out[layer][n] = (tail, active) if old is None else (old[0] + tail, old[1] + active)
     return out
-
-
-def _run(
-    recorder: NeuronRecorder, model: Any, *, local: torch.Tensor, batch: int, bar: Progress
-) -> NeuronProfile | None:
-    _record_rows(recorder, model, local, batch, bar)
-    return recorder.profile() if local.shape[0] else None
 
 
 def _sample_rows(n_seq: int, seq_len: int) -> torch.Tensor:
