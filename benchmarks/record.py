@@ -100,7 +100,7 @@ def _record(model, tokens, batch_size: int, variant: str) -> nk.NeuronProfile:
     if variant == "two-pass":
         module.SAMPLE_FRACTION = 1.0
     elif variant == "no-reviews":
-        module.REVIEWS = ()
+        module.REVIEWS, module.REVIEW_EVERY = (), 1 << 62
     cap = None if variant == "exhaustive" else 50
     return nk.record(model, tokens, ngram_cap=cap, batch_size=batch_size, progress=False)
 

@@ -132,10 +132,12 @@ def test_a_capped_recorder_plans_after_its_sample(monkeypatch) -> None:
             model(batch)
     profile = recorder.profile()
     exhaustive = nk.NeuronRecorder(model, bos_token_id=BOS)
+    assert 0 < recorder.nbytes
     with exhaustive.recording():
         for batch in batches:
             model(batch)
     full = exhaustive.profile()
+    assert recorder.nbytes <= exhaustive.nbytes  # the plan can only leave n-gram pairs out
     assert profile.ngram_cap == 5 and profile.plan is not None
     for layer in range(3):
         for n in (2, 3):

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -280,10 +281,26 @@ def _saved_note(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------ outputs
 def write_outputs(profile: Any, out: Path) -> None:
     """Write classification.csv/.parquet and the per-figure summaries; print the summary."""
-    from tl_neuronkinds.kinds import Analysis, classify, figure_tables
+    from tl_neuronkinds.kinds import (
+        Analysis,
+        EvidenceWarning,
+        UndecidableWarning,
+        classify,
+        figure_tables,
+    )
 
     analysis = Analysis(profile)
-    table = classify(profile, analysis=analysis)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvidenceWarning)
+        warnings.simplefilter("always", UndecidableWarning)
+        table = classify(profile, analysis=analysis)
+    for warning in caught:  # the kinds' cautions, as notes rather than source locations
+        if issubclass(warning.category, EvidenceWarning | UndecidableWarning):
+            print(f"tl-neuronkinds: note: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     atomic_write(out / "classification.parquet", lambda p: table.to_parquet(p, index=False))
     csv = table.assign(triggers=table["triggers"].map(lambda t: " | ".join(map(str, t))))
     atomic_write(out / "classification.csv", lambda p: csv.to_csv(p, index=False))

@@ -236,7 +236,9 @@ class _LayerAccumulator:
         self.d_mlp, self.seq_len = d_mlp, seq_len
         self.active = torch.zeros(d_mlp, dtype=torch.int64, device=device)
         self.active_text = torch.zeros(d_mlp, dtype=torch.int64, device=device)
-        self.pos_active = torch.zeros(seq_len, d_mlp, dtype=torch.int64, device=device)
+        # int32: a count at one position is at most the number of sequences (checked below 2**31
+        # by ProfileBuilder); OPT-66b's [2048, 36864] table per layer is then 302 MB, not 604.
+        self.pos_active = torch.zeros(seq_len, d_mlp, dtype=torch.int32, device=device)
         self.unigrams = UnigramCounter(d_vocab, d_mlp, bos_token_id, device)
         self.cols = cols
         self.ngrams = {n: SparseCounter(device) for n in range(2, ngram_max + 1)}
@@ -270,7 +272,7 @@ class _LayerAccumulator:
                 for n, block in by_order.items():
                     block.index_add_(0, ctx.groups[n].slot[lo : lo + step], planned)
         per_slot_int = per_slot.to(torch.int64)
-        self.pos_active += per_slot_int[:-1]
+        self.pos_active += per_slot_int[:-1].to(torch.int32)
         text_total = per_slot_int[:-1].sum(0)
         self.active_text += text_total
         self.active += text_total + per_slot_int[-1]
@@ -362,7 +364,7 @@ class _LayerAccumulator:
         return LayerCounts(
             active=self.active.cpu(),
             active_text=self.active_text.cpu(),
-            pos_active=self.pos_active.cpu(),
+            pos_active=self.pos_active.to("cpu", torch.int64),
             ngrams=tables,
             complete=None
             if self.complete is None
@@ -465,6 +467,10 @@ class ProfileBuilder:
     def add_tokens(self, ctx: BatchContext) -> None:
         """Count the batch's sequences, text positions and n-gram occurrences (once per batch)."""
         assert self._pos_text_seqs is not None
+        if self.n_seqs + ctx.text.shape[0] >= 2**31:
+            raise NeuronKindsError(
+                "a recording holds at most 2**31 - 1 sequences; record in parts and merge them"
+            )
         self.n_seqs += ctx.text.shape[0]
         self.n_text_positions += int(ctx.text.sum())
         self._pos_text_seqs += ctx.text.sum(0)

@@ -77,17 +77,6 @@ def model_identity(model: Any) -> dict[str, str]:
     }
 
 
-def check_same_model(meta: dict[str, Any], model: Any) -> None:
-    """NeuronKindsError unless a profile's ``meta`` names this model (shapes and weights)."""
-    mine = model_identity(model)
-    for key in ("config_hash", "model_fingerprint"):
-        if meta.get(key) is not None and meta.get(key) != mine[key]:
-            raise NeuronKindsError(
-                f"the profile was recorded on another model: its {key} is {meta.get(key)} "
-                f"({meta.get('model_name')}), this model's is {mine[key]} ({mine['model_name']})"
-            )
-
-
 def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
     """Each token id's text as the tokenizer decodes it; ``<id>`` for ids it does not have."""
     if tokenizer is None:

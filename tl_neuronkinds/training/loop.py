@@ -10,10 +10,7 @@ renamed into place at the end, so an interrupted run never leaves a half-written
 import itertools
 import json
 import math
-import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ import transformers
 from jaxtyping import Int
 from transformers import OPTForCausalLM, PreTrainedTokenizerBase
 
+from tl_neuronkinds.atomic import atomic_dir, follow_umask
 from tl_neuronkinds.corpus import Corpus
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.training.config import TrainConfig
@@ -93,26 +91,13 @@ def _write_atomically(
     out: Path,
 ) -> None:
     """Save weights (float16), tokenizer and record to a temporary sibling, then rename to ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.config.dtype = torch.float16
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=1) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; a shipped model is world-readable
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old.{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for path in tmp.iterdir():  # safetensors writes 0600; a shipped model is world-readable
+            follow_umask(path)
 
 
 def train(
