@@ -7,7 +7,9 @@ from tl_neuronkinds.recording import plan
 
 
 def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True) -> None:
-    """Equal settings, totals and every count, n-gram state (complete, tail) and plan.
+    """Equal settings, totals and every count, n-gram state (complete, tail), plan, top-k
+    activations (values to float32 rounding, their sequences and positions exactly) and
+    histograms.
 
     ``tails=False`` compares the tail bounds only by what they prove (every incomplete active
     neuron censored in both): they depend on when a review dropped a neuron, which under
@@ -18,7 +20,12 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True)
         y.n_positions,
         y.n_text_positions,
     )
-    assert (x.layers, x.ngram_max, x.ngram_cap) == (y.layers, y.ngram_max, y.ngram_cap)
+    assert (x.layers, x.ngram_max, x.ngram_cap, x.top_k) == (
+        y.layers,
+        y.ngram_max,
+        y.ngram_cap,
+        y.top_k,
+    )
     assert torch.equal(x.pos_text_seqs, y.pos_text_seqs)
     for n in range(1, x.ngram_max + 1):
         assert torch.equal(x.occurrences[n].keys, y.occurrences[n].keys)
@@ -29,6 +36,12 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True)
         cx, cy = x.counts[layer], y.counts[layer]
         for name in ("active", "active_text", "pos_active"):
             assert torch.equal(getattr(cx, name), getattr(cy, name)), (layer, name)
+        for name in ("top_seq", "top_pos", "hist"):
+            ax, ay = getattr(cx, name), getattr(cy, name)
+            assert (ax is None) == (ay is None), (layer, name)
+            assert ax is None or torch.equal(ax, ay), (layer, name)
+        if cx.top_values is not None:
+            assert torch.allclose(cx.top_values, cy.top_values, rtol=1e-5, atol=1e-6), layer
         if plan_x is not None and plan_y is not None:
             assert torch.equal(plan_x[layer], plan_y[layer]), (layer, "plan")
         for n in range(1, x.ngram_max + 1):

@@ -19,7 +19,8 @@ Per layer and batch, in chunks of rows (so no buffer exceeds ``_BLOCK_ELEMENTS``
 - **n-gram counts** (n >= 2) for the planned neurons only (all neurons where no plan is given):
   the batch's text positions are grouped by n-gram id once (shared by all layers), the active
   indicators of each group summed into a ``[groups, cols]`` block whose nonzero entries are the
-  batch's (n-gram, neuron) counts in key order, merged into a ``SparseCounter``.
+  batch's (n-gram, neuron) counts in key order, merged into a ``SparseCounter``;
+- where asked, each neuron's **top-k activations** and **histogram** (``examples.py``).
 
 float32 sums of 0/1 values are exact below 2**24; the unigram table is folded into int64 long
 before that, the other sums are per batch.
@@ -31,6 +32,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.recording.examples import TopActivations
 from tl_neuronkinds.recording.keys import SparseCounter, Table, check_key_space, ngram_ids
 from tl_neuronkinds.recording.plan import Plan, check_cap, finalize, review_drop
 from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
@@ -82,6 +84,7 @@ class BatchContext:
         bos_token_id: int,
         ngram_max: int,
         d_vocab: int,
+        seqs: Int[torch.Tensor, " batch"] | None = None,
     ) -> None:
         self.tokens = tokens.reshape(-1)
         self.text: Bool[torch.Tensor, "batch pos"] = tokens != bos_token_id
@@ -90,6 +93,11 @@ class BatchContext:
         # Each row's position, or seq_len for non-text rows (BOS and separators sharing its id).
         self.position_slot = torch.where(self.text, positions, seq_len).reshape(-1)
         flat_text = self.text.reshape(-1)
+        # Each row's sequence index (in the tokens the profile refers to) and position.
+        if seqs is None:
+            seqs = torch.arange(tokens.shape[0], device=tokens.device)
+        self.row_seq = seqs.to(tokens.device).repeat_interleave(seq_len)
+        self.row_pos = positions.reshape(-1)
         self.groups: dict[int, _Groups] = {}
         for n in range(1, ngram_max + 1):
             ids = ngram_ids(tokens, n, d_vocab).reshape(-1)
@@ -232,8 +240,10 @@ class _LayerAccumulator:
         bos_token_id: int,
         device: torch.device,
         cols: Int[torch.Tensor, " cols"] | None,
+        examples: TopActivations | None = None,
     ) -> None:
         self.d_mlp, self.seq_len = d_mlp, seq_len
+        self.examples = examples
         self.active = torch.zeros(d_mlp, dtype=torch.int64, device=device)
         self.active_text = torch.zeros(d_mlp, dtype=torch.int64, device=device)
         # int32: a count at one position is at most the number of sequences (checked below 2**31
@@ -267,6 +277,8 @@ class _LayerAccumulator:
             per_slot.index_add_(0, ctx.position_slot[lo : lo + step], active)
             text = ctx.position_slot[lo : lo + step] < self.seq_len
             self.unigrams.add(ctx.tokens[lo : lo + step], text, active)
+            if self.examples is not None:
+                self.examples.add(chunk, ctx.row_seq[lo : lo + step], ctx.row_pos[lo : lo + step])
             for cols, by_order in blocks:
                 planned = active if cols is None else active[:, cols]
                 for n, block in by_order.items():
@@ -357,10 +369,12 @@ class _LayerAccumulator:
 
     @property
     def nbytes(self) -> int:
-        return self.unigrams.nbytes + sum(c.nbytes for c in self.ngrams.values())
+        examples = 0 if self.examples is None else self.examples.nbytes
+        return self.unigrams.nbytes + sum(c.nbytes for c in self.ngrams.values()) + examples
 
     def counts(self) -> LayerCounts:
         tables = {1: self.unigrams.table(), **{n: c.table() for n, c in self.ngrams.items()}}
+        values, seqs, poss, hist = (None,) * 4 if self.examples is None else self.examples.tables()
         return LayerCounts(
             active=self.active.cpu(),
             active_text=self.active_text.cpu(),
@@ -371,6 +385,10 @@ class _LayerAccumulator:
             else {n: m.cpu() for n, m in self.complete.items()},
             tail=None if self.tail is None else {n: t.cpu() for n, t in self.tail.items()},
             plan=None if self.plan is None else self.plan.cpu(),
+            top_values=values,
+            top_seq=seqs,
+            top_pos=poss,
+            hist=hist,
         )
 
 
@@ -386,6 +404,12 @@ class ProfileBuilder:
         plan: Layer -> the neurons whose n >= 2 counts to keep (``plan.py``); None: every
             neuron's until ``restrict`` is called.
         bos_token_id: The BOS id; positions holding it are not text positions.
+        top_k: Keep each neuron's ``top_k`` largest activations with their sequence and
+            position (``examples.py``); 0 keeps none.
+        histogram: Keep each neuron's activation histogram (``examples.py``).
+        first_row, row_stride: The sequence index, in the tokens the profile refers to, of the
+            first row this builder sees, and the step between its rows (``nk.record``'s ranks
+            record every ``world_size``-th row).
         token_strings: The tokenizer's string for every id (stored for triggers).
         meta: Provenance stored with the profile.
     """
@@ -401,6 +425,10 @@ class ProfileBuilder:
         ngram_cap: int | None = None,
         plan: Plan | None = None,
         bos_token_id: int = 2,
+        top_k: int = 0,
+        histogram: bool = False,
+        first_row: int = 0,
+        row_stride: int = 1,
         token_strings: list[str] | None = None,
         meta: dict | None = None,
     ) -> None:
@@ -415,6 +443,8 @@ class ProfileBuilder:
             _check_plan(plan, self.layers, d_mlp)
         self.plan = plan
         self.bos_token_id = bos_token_id
+        self.top_k, self.histogram = check_top_k(top_k), bool(histogram)
+        self.first_row, self.row_stride = first_row, row_stride
         self.token_strings = token_strings or [f"<{i}>" for i in range(d_vocab)]
         self.meta = dict(meta or {})
         self.seq_len: int | None = None
@@ -438,16 +468,34 @@ class ProfileBuilder:
                 f"all sequences of a profile must have one length: got {tokens.shape[1]}, "
                 f"earlier {self.seq_len}"
             )
+        first = self.first_row + self.n_seqs * self.row_stride
+        seqs = first + self.row_stride * torch.arange(tokens.shape[0], device=tokens.device)
         return BatchContext(
-            tokens, bos_token_id=self.bos_token_id, ngram_max=self.ngram_max, d_vocab=self.d_vocab
+            tokens,
+            bos_token_id=self.bos_token_id,
+            ngram_max=self.ngram_max,
+            d_vocab=self.d_vocab,
+            seqs=seqs,
         )
 
     def _start(self, seq_len: int, device: torch.device) -> None:
         self.seq_len = seq_len
         for layer in self.layers:
             cols = None if self.plan is None else self.plan[layer].to(device).nonzero().squeeze(1)
+            examples = (
+                TopActivations(self.d_mlp, self.top_k, self.histogram, self.threshold, device)
+                if self.top_k or self.histogram
+                else None
+            )
             self._layers[layer] = _LayerAccumulator(
-                self.d_mlp, self.d_vocab, seq_len, self.ngram_max, self.bos_token_id, device, cols
+                self.d_mlp,
+                self.d_vocab,
+                seq_len,
+                self.ngram_max,
+                self.bos_token_id,
+                device,
+                cols,
+                examples,
             )
         self._occ = {n: SparseCounter(device) for n in range(1, self.ngram_max + 1)}
         self._pos_text_seqs = torch.zeros(seq_len, dtype=torch.int64, device=device)
@@ -531,6 +579,7 @@ class ProfileBuilder:
             seq_len=self.seq_len,
             ngram_max=self.ngram_max,
             ngram_cap=self.ngram_cap,
+            top_k=self.top_k,
             threshold=self.threshold,
             bos_token_id=self.bos_token_id,
             n_seqs=self.n_seqs,
@@ -542,6 +591,13 @@ class ProfileBuilder:
             token_strings=list(self.token_strings),
             meta=dict(self.meta),
         )
+
+
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as an int >= 0, or a NeuronKindsError."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise NeuronKindsError(f"top_k must be an integer >= 0, got {top_k!r}")
+    return top_k
 
 
 def _check_plan(plan: Plan, layers: list[int], d_mlp: int) -> None:
@@ -564,6 +620,8 @@ def profile_from_activations(
     ngram_cap: int | None = None,
     plan: Plan | None = None,
     bos_token_id: int = 2,
+    top_k: int = 0,
+    histogram: bool = False,
     token_strings: list[str] | None = None,
     meta: dict | None = None,
 ) -> NeuronProfile:
@@ -585,6 +643,8 @@ def profile_from_activations(
         ngram_cap=ngram_cap,
         plan=plan,
         bos_token_id=bos_token_id,
+        top_k=top_k,
+        histogram=histogram,
         token_strings=token_strings,
         meta=meta,
     )

@@ -84,3 +84,17 @@ def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
     n = min(len(tokenizer), d_vocab)
     decoded = tokenizer.batch_decode([[i] for i in range(n)])
     return list(decoded) + [f"<{i}>" for i in range(n, d_vocab)]
+
+
+def check_same_model(model: Any, profile: Any) -> None:
+    """NeuronKindsError unless ``profile`` was recorded on ``model`` (same config hash and, where
+    the profile has one, the same weights fingerprint)."""
+    mine = model_identity(model)
+    for key in ("config_hash", "model_fingerprint"):
+        theirs = profile.meta.get(key)
+        if theirs is not None and theirs != mine[key]:
+            raise NeuronKindsError(
+                f"the profile was recorded on another model: its {key} is {theirs} "
+                f"({profile.meta.get('model_name')}), this model's {mine[key]} "
+                f"({mine['model_name']})"
+            )

@@ -16,18 +16,26 @@ declared once, in the dataclasses below (``_role``):
   neurons complete in every part and adds the tails (the others' k95 is then censored or
   unknown, never guessed — SPEC.md, "The n-gram cap").
 - ``plan``: the neurons a recording set out to count n >= 2 for (its plan).
+- ``top_k``: in ``profile.json``, how many top activations per neuron were kept; a merge keeps
+  the smallest.
+- ``examples``: per layer, the top-k activations ``[d_mlp, k]`` with their sequence and position
+  (``examples.py``), None where not kept; merged exactly (the top-k of the parts' top-k).
+- ``optional_counts``: a tensor that may be absent (the activation histogram); summed by a merge
+  where every part has it.
 
 Per recorded layer (``LayerCounts``): ``active`` / ``active_text`` (active positions per neuron,
 over all positions and over text positions, §3), ``pos_active`` (``[seq_len, d_mlp]`` active
 counts at p over the sequences whose token at p is text, §5), ``ngrams[n]`` (the table of
-``c_g(l, i)`` keyed ``g * d_mlp + i``, §4), ``complete`` / ``tail`` and ``plan``.
+``c_g(l, i)`` keyed ``g * d_mlp + i``, §4), ``complete`` / ``tail``, ``plan``, and where kept the
+top-k activations (``top_values`` / ``top_seq`` / ``top_pos``) and the histogram ``hist``.
 Profile-wide: n-gram occurrences ``o_g``, the sequences with a text token at each position,
 totals, the tokenizer's string for each id and provenance metadata.
 
-On disk (format 2): ``counts.safetensors`` holds every tensor in the narrowest integer type
-that holds its values (read back as int64); ``profile.json`` holds the rest and the SHA-256 of
-``counts.safetensors``, checked on load. Format 1 profiles (before the n-gram cap) load as
-exhaustive ones (every neuron complete).
+On disk (format 3): ``counts.safetensors`` holds every integer tensor in the narrowest integer
+type that holds its values (read back as int64) and the top-k values as float32;
+``profile.json`` holds the rest and the SHA-256 of ``counts.safetensors``, checked on load.
+Format 2 profiles (before top-k and histograms) load with neither; format 1 profiles (before
+the n-gram cap) load as exhaustive ones (every neuron complete).
 """
 
 import copy
@@ -40,16 +48,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Bool, Float, Int
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tl_neuronkinds.atomic import atomic_dir, follow_umask
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.recording.examples import merge_top
 from tl_neuronkinds.recording.keys import Table, merge_tables
 
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _COUNTS_FILE = "counts.safetensors"
 _META_FILE = "profile.json"
 _HASH_BLOCK = 1 << 23
@@ -77,6 +86,12 @@ class LayerCounts:
     tail: dict[int, Int[torch.Tensor, " d_mlp"]] | None = _role("ngram_state", default=None)
     # The neurons whose n >= 2 counts the recording set out to keep (its plan); None: all.
     plan: Bool[torch.Tensor, " d_mlp"] | None = _role("plan", default=None)
+    # Each neuron's top-k activations (descending; ties by seq, then pos), -inf / -1 padded.
+    top_values: Float[torch.Tensor, "d_mlp k"] | None = _role("examples", default=None)
+    top_seq: Int[torch.Tensor, "d_mlp k"] | None = _role("examples", default=None)
+    top_pos: Int[torch.Tensor, "d_mlp k"] | None = _role("examples", default=None)
+    # Each neuron's active values in the fixed bins of ``examples.HIST_EDGES``.
+    hist: Int[torch.Tensor, "d_mlp bins"] | None = _role("optional_counts", default=None)
 
 
 @dataclass(eq=False)
@@ -89,6 +104,7 @@ class NeuronProfile:
         ngram_max: Largest n-gram order counted (1 to 3).
         ngram_cap: The n-gram cap (SPEC.md): n >= 2 counts are kept for the neurons that can
             have ``k95_n <= ngram_cap``; None: for every neuron.
+        top_k: Top activations kept per neuron (0: none; ``examples.py``).
         n_seqs, n_positions, n_text_positions: Totals seen.
         occurrences: n -> sorted n-gram ids seen at text positions where the n-gram is
             defined, with their occurrences ``o_g`` (§4.2).
@@ -105,6 +121,7 @@ class NeuronProfile:
     seq_len: int = _role("setting")
     ngram_max: int = _role("setting")
     ngram_cap: int | None = _role("cap")
+    top_k: int = _role("examples_k")
     threshold: float = _role("setting")
     bos_token_id: int = _role("setting")
     n_seqs: int = _role("total")
@@ -169,6 +186,7 @@ class NeuronProfile:
             "d_mlp": f"{self.d_mlp:,}",
             "ngram_max": str(self.ngram_max),
             "ngram_cap": str(self.ngram_cap),
+            "top activations kept": str(self.top_k),
             f"neurons with complete {n}-gram counts": kept,
             "size": f"{self.nbytes / 2**20:,.1f} MiB",
         }
@@ -197,7 +215,10 @@ class NeuronProfile:
             header = {
                 "format_version": FORMAT_VERSION,
                 "sha256": {_COUNTS_FILE: _sha256(tmp / _COUNTS_FILE)},
-                **{f.name: getattr(self, f.name) for f in _fields(self, "setting", "cap", "total")},
+                **{
+                    f.name: getattr(self, f.name)
+                    for f in _fields(self, "setting", "cap", "examples_k", "total")
+                },
                 "meta": self.meta,
                 "token_strings": self.token_strings,
             }
@@ -236,18 +257,32 @@ class NeuronProfile:
         except (FileNotFoundError, SafetensorError, OSError) as err:
             raise NeuronKindsError(f"corrupt profile at {path}: {_COUNTS_FILE}: {err}") from err
         try:
-            return _unflatten(header, {k: v.to(torch.int64) for k, v in tensors.items()})
+            widened = {
+                k: v if v.is_floating_point() else v.to(torch.int64) for k, v in tensors.items()
+            }
+            return _unflatten(header, widened)
         except (KeyError, TypeError, ValueError) as err:
             raise NeuronKindsError(f"corrupt profile at {path}: {err!r}") from err
 
     # ---------------------------------------------------------------- merge
     @classmethod
-    def merge(cls, profiles: "list[NeuronProfile]") -> "NeuronProfile":
+    def merge(
+        cls, profiles: "list[NeuronProfile]", *, same_tokens: bool = False
+    ) -> "NeuronProfile":
         """One profile equal to a single recording over all the profiles' tokens, exactly.
 
         Where the parts kept n >= 2 counts for different neurons (different plans), the merged
         profile keeps them for the neurons complete in every part; the others are reported as
         censored or unknown by the kinds, never guessed.
+
+        Args:
+            profiles: The parts.
+            same_tokens: False (default): the parts were recorded on different token tensors,
+                taken in the order given; the merged top activations' ``seq`` index the rows of
+                their concatenation (part i's rows shifted by the rows of the parts before it),
+                as one recording over ``torch.cat`` of the tokens would. True: the parts recorded
+                disjoint rows of one token tensor and their ``seq`` already index it (the ranks
+                and checkpoint intervals of one ``nk.record``).
 
         Raises:
             NeuronKindsError: The profiles differ in model (config or weights), threshold,
@@ -258,7 +293,13 @@ class NeuronProfile:
         first = profiles[0]
         for other in profiles[1:]:
             _check_mergeable(first, other)
-        merged = copy.copy(first) if len(profiles) == 1 else _merge_parts(NeuronProfile, profiles)
+        if len(profiles) == 1:
+            merged = copy.copy(first)
+        else:
+            offsets = [0] * len(profiles)
+            if not same_tokens:
+                offsets = [sum(p.n_seqs for p in profiles[:i]) for i in range(len(profiles))]
+            merged = _merge_parts(NeuronProfile, profiles, offsets=offsets)
         merged.meta = dict(first.meta)
         if len(profiles) > 1:
             merged.meta["merged_from"] = [p.meta.get("corpus") for p in profiles]
@@ -270,13 +311,17 @@ def _fields(obj: Any, *roles: str) -> list[Any]:
     return [f for f in fields(obj) if f.metadata["role"] in roles]
 
 
-def _merge_parts(cls: Any, parts: list[Any], cap: int | None = None) -> Any:
-    """Merge same-type dataclasses field by field, by each field's role."""
+def _merge_parts(
+    cls: Any, parts: list[Any], cap: int | None = None, *, offsets: list[int], top_k: int = 0
+) -> Any:
+    """Merge same-type dataclasses field by field, by each field's role (``offsets``: each
+    part's shift of the top activations' ``seq``)."""
     out: dict[str, Any] = {}
     first = parts[0]
     if cls is NeuronProfile:
         caps = [p.ngram_cap for p in parts if p.ngram_cap is not None]
         cap = min(caps) if caps else None
+        top_k = min(p.top_k for p in parts)
     for f in fields(cls):
         values = [getattr(p, f.name) for p in parts]
         role = f.metadata["role"]
@@ -284,6 +329,11 @@ def _merge_parts(cls: Any, parts: list[Any], cap: int | None = None) -> Any:
             out[f.name] = values[0]
         elif role == "cap":
             out[f.name] = cap
+        elif role == "examples_k":
+            out[f.name] = top_k
+        elif role == "optional_counts":
+            present = all(v is not None for v in values)
+            out[f.name] = torch.stack(values).sum(0) if present else None
         elif role == "total":
             out[f.name] = sum(values)
         elif role == "counts":
@@ -295,12 +345,29 @@ def _merge_parts(cls: Any, parts: list[Any], cap: int | None = None) -> Any:
             out[f.name] = {n: _merge_tables([v[n] for v in values]) for n in values[0]}
         elif role == "layers":
             out[f.name] = {
-                layer: _merge_parts(LayerCounts, [v[layer] for v in values], cap)
+                layer: _merge_parts(
+                    LayerCounts, [v[layer] for v in values], cap, offsets=offsets, top_k=top_k
+                )
                 for layer in first.layers
             }
     if cls is LayerCounts:
         out.update(_merge_ngrams(parts, cap))
+        out.update(_merge_examples(parts, offsets, top_k))
     return cls(**out)
+
+
+def _merge_examples(parts: list[LayerCounts], offsets: list[int], k: int) -> dict[str, Any]:
+    """The merged top-``k`` activations of one layer's parts (their ``seq`` shifted)."""
+    if k == 0 or any(p.top_values is None for p in parts):
+        return {"top_values": None, "top_seq": None, "top_pos": None}
+    tables = []
+    for part, offset in zip(parts, offsets, strict=True):
+        assert part.top_values is not None and part.top_seq is not None
+        assert part.top_pos is not None
+        seqs = torch.where(part.top_seq >= 0, part.top_seq + offset, part.top_seq)
+        tables.append((part.top_values, seqs, part.top_pos))
+    values, seqs, poss = merge_top(tables, k)
+    return {"top_values": values, "top_seq": seqs, "top_pos": poss}
 
 
 def _merge_tables(tables: list[Table]) -> Table:
@@ -367,7 +434,8 @@ def _flatten(profile: NeuronProfile) -> dict[str, torch.Tensor]:
 def _flatten_into(out: dict[str, torch.Tensor], prefix: str, obj: Any) -> None:
     for f in fields(obj):
         value, role = getattr(obj, f.name), f.metadata["role"]
-        if role == "counts" or (role == "plan" and value is not None):
+        optional = role in ("plan", "examples", "optional_counts")
+        if role == "counts" or (optional and value is not None):
             out[prefix + f.name] = value
         elif role == "tables":
             for n, table in value.items():
@@ -389,6 +457,10 @@ def _unflatten(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Neur
             role, name = f.metadata["role"], prefix + f.name
             if role in ("setting", "cap", "total"):
                 values[f.name] = header[f.name]
+            elif role == "examples_k":
+                values[f.name] = int(header.get(f.name, 0))
+            elif role in ("examples", "optional_counts"):
+                values[f.name] = tensors.get(name)
             elif role == "counts":
                 values[f.name] = tensors[name]
             elif role == "plan":
@@ -432,12 +504,15 @@ def _from_version_1(
 
 
 def _narrowed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Each tensor in the narrowest of uint8 / int32 / int64 that holds its values."""
+    """Each integer tensor in the narrowest of uint8 / int32 / int64 that holds its values;
+    floating point ones (top-k values) as float32."""
     out = {}
     for name, tensor in tensors.items():
         t = tensor.detach().cpu().contiguous()
         if t.dtype == torch.bool:
             t = t.to(torch.uint8)
+        elif t.is_floating_point():
+            t = t.to(torch.float32)
         elif t.numel() and int(t.min()) >= -(2**31) and int(t.max()) < 2**31:
             t = t.to(torch.int32)
         out[name] = t

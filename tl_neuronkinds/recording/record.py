@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.recording.accumulate import check_top_k
 from tl_neuronkinds.recording.checkpoint import RunCheckpoint
 from tl_neuronkinds.recording.identity import model_identity
 from tl_neuronkinds.recording.plan import (
@@ -82,6 +83,8 @@ def record(
     plan: Plan | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    top_k: int = 16,
+    histogram: bool = False,
 ) -> NeuronProfile:
     """Run ``tokens`` through ``model`` in batches and return the NeuronProfile of its neurons.
 
@@ -107,6 +110,11 @@ def record(
             the same model, tokens and settings resumes from it, and once finished returns the
             saved profile (``checkpoint.py``).
         checkpoint_every: Tokens between checkpoints (default 1,048,576).
+        top_k: Keep each neuron's ``top_k`` largest activations with their row of ``tokens``
+            and position, for max-activating contexts (``nk.max_activating_contexts``); 0
+            keeps none.
+        histogram: Keep each neuron's activation histogram (``nk.activation_histogram``;
+            on a CPU it costs about as much as the rest of the counting).
 
     Returns:
         The NeuronProfile; ``meta["passes"]`` has each pass's tokens and seconds and
@@ -115,7 +123,9 @@ def record(
     start = time.perf_counter()
     cap = check_cap(ngram_cap)
     layers = check_layers(layers, model.cfg.n_layers)
-    make = _RecorderFactory(model, layers, threshold, ngram_max, cap, bos_token_id)
+    make = _RecorderFactory(
+        model, layers, threshold, ngram_max, cap, bos_token_id, check_top_k(top_k), histogram
+    )
     check_tokens(tokens, model, make.bos_token_id)
     rank, world_size = _world()
     seq_len = tokens.shape[1]
@@ -128,6 +138,8 @@ def record(
             "threshold": float(threshold),
             "ngram_max": ngram_max,
             "ngram_cap": cap,
+            "top_k": top_k,
+            "histogram": bool(histogram),
             "plan": None if plan is None else _plan_digest(plan),
             "world_size": world_size,
         }
@@ -162,7 +174,12 @@ def record(
         run.bar.close()
     finalize(profile)
     seconds = run.seconds()
-    profile.meta.update(corpus=corpus, record_seconds=round(seconds, 3), passes=run.passes)
+    profile.meta.update(
+        corpus=corpus,
+        record_seconds=round(seconds, 3),
+        passes=run.passes,
+        tokens_digest=tokens_digest(tokens),
+    )
     if world_size > 1:
         profile.meta["world_size"] = world_size
     if ckpt is not None:
@@ -217,7 +234,7 @@ class _Run:
         self.bar.set_phase("plan")
         t0 = time.perf_counter()
         rows = self.tokens[sample[self.rank :: self.world_size]]
-        recorder = self.make(ngram_max=1, cap=None)
+        recorder = self.make(ngram_max=1, cap=None, examples=False)
         _record_rows(recorder, self.model, rows, self.batch, self.bar)
         sampled = _gather(recorder.profile() if rows.shape[0] else None, self.world_size)
         plan = choose_plan(sampled, self.make.cap or 0, ngram_max)
@@ -238,7 +255,7 @@ class _Run:
         carried = _carried(segments) if capped and segments else None
         if segments and capped:
             plan = _still_counted(segments[-1])
-        recorder = self.make(plan=plan)
+        recorder = self.make(plan=plan, first_row=self._global_row(self.done_rows))
         for first in range(self.done_rows, local.shape[0], self.every):
             rows = local[first : first + self.every]
             reviews = _Reviews(recorder, local.shape, carried, expected)
@@ -254,12 +271,16 @@ class _Run:
             if capped:
                 carried = _carried([segment], carried)
                 plan = _still_counted(segment)
-            recorder = self.make(plan=plan)
+            recorder = self.make(plan=plan, first_row=self._global_row(first + rows.shape[0]))
         del recorder  # its tables are in the segments now
-        merged = NeuronProfile.merge(segments) if segments else None
+        merged = NeuronProfile.merge(segments, same_tokens=True) if segments else None
         profile = _gather(merged, self.world_size)
         self.passes["record"] = _timing(profile.n_positions, t0)
         return profile
+
+    def _global_row(self, local_row: int) -> int:
+        """The row of ``tokens`` that this rank's ``local_row`` is."""
+        return self.rank + local_row * self.world_size
 
     def repair_pass(
         self, profile: NeuronProfile, lacking: dict[int, dict[int, torch.Tensor]]
@@ -269,7 +290,7 @@ class _Run:
         self.bar.extend(self.local.numel())
         t0 = time.perf_counter()
         union = {layer: torch.stack(list(by_n.values())).any(0) for layer, by_n in lacking.items()}
-        fixer = self.make(layers=sorted(lacking), plan=union)
+        fixer = self.make(layers=sorted(lacking), plan=union, examples=False)
         _record_rows(fixer, self.model, self.local, self.batch, self.bar)
         repair = _gather(fixer.profile() if self.local.shape[0] else None, self.world_size)
         add_repair(profile, repair, lacking)
@@ -288,9 +309,13 @@ class _RecorderFactory:
         ngram_max: int,
         cap: int | None,
         bos_token_id: int | None,
+        top_k: int,
+        histogram: bool,
     ) -> None:
         self.model, self.layers, self.threshold = model, layers, threshold
         self.ngram_max, self.cap = ngram_max, cap
+        self.top_k, self.histogram = top_k, histogram
+        self.world_size = _world()[1]
         first = NeuronRecorder(model, layers, threshold, ngram_max, bos_token_id=bos_token_id)
         self.bos_token_id = first.bos_token_id
 
@@ -301,7 +326,11 @@ class _RecorderFactory:
         ngram_max: int | None = None,
         cap: int | None = -1,
         plan: Plan | None = None,
+        examples: bool = True,
+        first_row: int = 0,
     ) -> NeuronRecorder:
+        """A recorder; ``examples`` (top-k, histogram) only for the record pass, whose rows
+        start at ``first_row`` of the tokens and step by the number of ranks."""
         return NeuronRecorder(
             self.model,
             layers or self.layers,
@@ -310,6 +339,10 @@ class _RecorderFactory:
             ngram_cap=self.cap if cap == -1 else cap,
             plan=plan,
             bos_token_id=self.bos_token_id,
+            top_k=self.top_k if examples else 0,
+            histogram=self.histogram and examples,
+            first_row=first_row,
+            row_stride=self.world_size,
         )
 
 
@@ -449,7 +482,7 @@ def _gather(profile: NeuronProfile | None, world_size: int) -> NeuronProfile:
         return profile
     parts: list[NeuronProfile | None] = [None] * world_size
     torch.distributed.all_gather_object(parts, profile)
-    return NeuronProfile.merge([p for p in parts if p is not None])
+    return NeuronProfile.merge([p for p in parts if p is not None], same_tokens=True)
 
 
 def _model_device(model: Any) -> torch.device:

@@ -66,6 +66,12 @@ class NeuronRecorder:
         see: ``"after_user_hooks"`` (count what the model goes on with) or
             ``"before_user_hooks"`` (count the activation as computed).
         bos_token_id: BOS id; default: the model's tokenizer's.
+        top_k: Keep each neuron's ``top_k`` largest activations with the sequence (the rows of
+            the forwards, counted in the order they ran) and position (``examples.py``).
+        histogram: Keep each neuron's activation histogram (``examples.py``).
+        first_row, row_stride: The index of the first sequence this recorder sees, and the step
+            between sequences, where its forwards are part of a larger token tensor
+            (``nk.record`` uses them for its ranks and checkpoint intervals).
     """
 
     def __init__(
@@ -79,6 +85,10 @@ class NeuronRecorder:
         plan: Plan | None = None,
         see: str = "after_user_hooks",
         bos_token_id: int | None = None,
+        top_k: int = 16,
+        histogram: bool = False,
+        first_row: int = 0,
+        row_stride: int = 1,
     ) -> None:
         cfg = model.cfg
         self.model = model
@@ -109,6 +119,10 @@ class NeuronRecorder:
             ngram_cap=ngram_cap,
             plan=plan,
             bos_token_id=int(bos_token_id),
+            top_k=top_k,
+            histogram=histogram,
+            first_row=first_row,
+            row_stride=row_stride,
             token_strings=token_strings(tokenizer, cfg.d_vocab),
             meta={
                 **model_identity(model),

@@ -1,0 +1,241 @@
+"""Top-k activations and histograms kept while recording: exact against a brute-force reference,
+the same however the tokens are batched, chunked, split, merged or resumed, and right on a
+hand-built model whose activations are known (ties included)."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from planted import BOS as PLANTED_BOS
+from planted import VOCAB, planted_model, planted_tokens
+from profile_checks import assert_same
+from recording_reference import BOS, random_tokens, tiny_model
+
+import tl_neuronkinds as nk
+from tl_neuronkinds.recording import accumulate
+from tl_neuronkinds.recording.accumulate import ProfileBuilder
+from tl_neuronkinds.recording.examples import (
+    HIST_BINS,
+    HIST_EDGES,
+    activation_histogram,
+    max_activating_contexts,
+    top_activations,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
+
+
+def reference_top(acts: np.ndarray, k: int, threshold: float = 0.0) -> list[list[tuple]]:
+    """Per neuron, its k largest active values as (value, seq, pos), ties by (seq, pos)."""
+    n_seq, seq_len, d_mlp = acts.shape
+    out = []
+    for i in range(d_mlp):
+        entries = [
+            (float(acts[s, p, i]), s, p)
+            for s in range(n_seq)
+            for p in range(seq_len)
+            if acts[s, p, i] > threshold
+        ]
+        entries.sort(key=lambda e: (-e[0], e[1], e[2]))
+        out.append(entries[:k])
+    return out
+
+
+def reference_hist(acts: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Per neuron, active values counted in the fixed bins (numpy's own search)."""
+    edges = HIST_EDGES.float().numpy()
+    d_mlp = acts.shape[-1]
+    hist = np.zeros((d_mlp, HIST_BINS), dtype=np.int64)
+    for i in range(d_mlp):
+        values = acts[..., i][acts[..., i] > threshold].astype(np.float32)
+        np.add.at(hist[i], np.searchsorted(edges, values, side="right"), 1)
+    return hist
+
+
+def assert_matches(profile: nk.NeuronProfile, acts: dict[int, np.ndarray], k: int) -> None:
+    for layer, layer_acts in acts.items():
+        expected = reference_top(layer_acts, k, profile.threshold)
+        table = top_activations(profile, layer)
+        for i, entries in enumerate(expected):
+            got = table[table["neuron"] == i].sort_values("rank")
+            assert [(s, p) for _, s, p in entries] == list(
+                zip(got["seq"], got["pos"], strict=True)
+            ), (layer, i)
+            np.testing.assert_allclose(got["value"], [v for v, _, _ in entries], rtol=1e-6)
+        hist = profile.counts[layer].hist
+        assert hist is not None
+        np.testing.assert_array_equal(hist.numpy(), reference_hist(layer_acts, profile.threshold))
+        assert torch.equal(hist.sum(1), profile.counts[layer].active)
+
+
+@st.composite
+def activations(draw):
+    """Random tokens and activations drawn from few distinct values, so ties are common."""
+    seed = draw(st.integers(0, 2**16))
+    n_seq, seq_len, d_mlp = (
+        draw(st.integers(1, 6)),
+        draw(st.integers(2, 9)),
+        draw(st.integers(1, 5)),
+    )
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, 9, size=(n_seq, seq_len))
+    tokens[:, 0] = BOS
+    levels = np.array([-1.0, 0.0, 0.001, 0.5, 0.5, 1.0, 2.0, 300.0], dtype=np.float32)
+    acts = {layer: levels[rng.integers(0, 8, size=(n_seq, seq_len, d_mlp))] for layer in (0, 2)}
+    k = draw(st.integers(1, 6))
+    return torch.tensor(tokens), acts, k, draw(st.integers(1, n_seq))
+
+
+@given(activations())
+@settings(max_examples=60, deadline=None)
+def test_top_k_and_histogram_equal_brute_force_however_batched(case) -> None:
+    tokens, acts, k, batch = case
+    whole = nk.profile_from_activations(
+        tokens,
+        {layer: torch.tensor(a) for layer, a in acts.items()},
+        d_vocab=9,
+        top_k=k,
+        histogram=True,
+    )
+    assert_matches(whole, acts, k)
+    builder = ProfileBuilder([0, 2], d_mlp=acts[0].shape[-1], d_vocab=9, top_k=k, histogram=True)
+    for first in range(0, tokens.shape[0], batch):
+        part = slice(first, first + batch)
+        builder.add_batch(tokens[part], {layer: torch.tensor(a[part]) for layer, a in acts.items()})
+    assert_same(builder.profile(), whole)
+
+
+def test_small_chunks_give_the_same_tables(monkeypatch) -> None:
+    """Many chunks per batch: the running floor must never let a later tie win."""
+    rng = np.random.default_rng(5)
+    tokens = torch.tensor(rng.integers(3, 9, size=(7, 11)))
+    tokens[:, 0] = BOS
+    acts = {0: rng.choice(np.float32([0.0, 0.25, 0.5, 4.0]), size=(7, 11, 6))}
+    monkeypatch.setitem(accumulate._CHUNK_ELEMENTS, "cpu", 6 * 3)  # three rows per chunk
+    chunked = nk.profile_from_activations(
+        tokens, {0: torch.tensor(acts[0])}, d_vocab=9, top_k=5, histogram=True
+    )
+    assert_matches(chunked, acts, 5)
+
+
+def test_public_merge_shifts_rows_as_one_recording_over_the_concatenation() -> None:
+    rng = np.random.default_rng(7)
+    tokens = torch.tensor(rng.integers(3, 9, size=(9, 6)))
+    tokens[:, 0] = BOS
+    acts = torch.tensor(rng.choice(np.float32([0.0, 1.0, 2.0]), size=(9, 6, 4)))
+    parts = [
+        nk.profile_from_activations(tokens[s], {0: acts[s]}, d_vocab=9, top_k=3, histogram=True)
+        for s in (slice(0, 2), slice(2, 7), slice(7, 9))
+    ]
+    whole = nk.profile_from_activations(tokens, {0: acts}, d_vocab=9, top_k=3, histogram=True)
+    assert_same(nk.NeuronProfile.merge(parts), whole)
+    fewer = nk.profile_from_activations(tokens[:2], {0: acts[:2]}, d_vocab=9, top_k=2)
+    merged = nk.NeuronProfile.merge([fewer, parts[1]])
+    assert merged.top_k == 2 and merged.counts[0].hist is None  # smallest k; a part lacks hist
+
+
+def test_strided_rows_merge_with_same_tokens() -> None:
+    """Rows r::world of one tensor (as nk.record's ranks) keep their global indices."""
+    rng = np.random.default_rng(8)
+    tokens = torch.tensor(rng.integers(3, 9, size=(8, 5)))
+    tokens[:, 0] = BOS
+    acts = torch.tensor(rng.choice(np.float32([0.0, 1.0, 3.0]), size=(8, 5, 3)))
+    ranks = []
+    for rank in range(3):
+        builder = ProfileBuilder(
+            [0], d_mlp=3, d_vocab=9, top_k=4, histogram=True, first_row=rank, row_stride=3
+        )
+        builder.add_batch(tokens[rank::3], {0: acts[rank::3]})
+        ranks.append(builder.profile())
+    whole = nk.profile_from_activations(tokens, {0: acts}, d_vocab=9, top_k=4, histogram=True)
+    assert_same(nk.NeuronProfile.merge(ranks, same_tokens=True), whole)
+
+
+def test_record_keeps_the_model_top_activations(tmp_path) -> None:
+    model, tokens = tiny_model(), random_tokens(11, n_seq=14)
+    profile = nk.record(
+        model, tokens, bos_token_id=BOS, progress=False, batch_size=4, top_k=5, histogram=True
+    )
+    _, cache = model.run_with_cache(tokens)
+    acts = {layer: cache[f"blocks.{layer}.mlp.hook_post"].numpy() for layer in profile.layers}
+    assert_matches(profile, acts, 5)
+    profile.save(tmp_path / "p")
+    assert_same(nk.NeuronProfile.load(tmp_path / "p"), profile)
+
+
+def test_a_recorder_numbers_the_rows_of_its_forwards_in_order() -> None:
+    model, tokens = tiny_model(), random_tokens(12, n_seq=9)
+    recorder = nk.NeuronRecorder(model, top_k=3, histogram=True, bos_token_id=BOS)
+    with recorder.recording():
+        for first, end in ((0, 2), (2, 7), (7, 9)):
+            model(tokens[first:end])
+    whole = nk.record(
+        model, tokens, bos_token_id=BOS, progress=False, ngram_cap=None, top_k=3, histogram=True
+    )
+    assert_same(recorder.profile(), whole, tails=False)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, tokens = planted_model(), planted_tokens(n_seq=64)
+    profile = nk.record(model, tokens, bos_token_id=PLANTED_BOS, progress=False, top_k=6)
+    profile.token_strings = list(VOCAB)
+    return model, tokens, profile
+
+
+def test_planted_detector_top_k_is_its_first_triggers(planted) -> None:
+    """Layer 0 neuron 3 fires 0.5 on every " the" and nowhere else: its top 6 are the first six
+    " the" in (sequence, position) order, each of value 0.5 (ties broken by position)."""
+    model, tokens, profile = planted
+    the = VOCAB.index(" the")
+    first = (tokens == the).nonzero().tolist()[:6]
+    top = top_activations(profile, 0, 3)
+    assert [[s, p] for s, p in zip(top["seq"], top["pos"], strict=True)] == first
+    np.testing.assert_allclose(top["value"], 0.5)
+    contexts = max_activating_contexts(model, profile, tokens, 0, 3, before=2, after=1)
+    for row in contexts.itertuples():
+        assert row.tokens[row.center] == " the"
+        assert row.activations[row.center] == pytest.approx(0.5)
+        assert row.token_ids == tokens[row.seq, max(0, row.pos - 2) : row.pos + 2].tolist()
+
+
+def test_planted_positional_neuron_tops_are_its_first_positions(planted) -> None:
+    """Layer 0 neuron 6 fires 0.5 at positions 20..40 of every sequence."""
+    _, _, profile = planted
+    top = top_activations(profile, 0, 6)
+    assert top["seq"].tolist() == [0] * 6 and top["pos"].tolist() == list(range(20, 26))
+    assert top_activations(profile, 0, 0).empty  # dead
+
+
+def test_contexts_refuse_other_tokens(planted) -> None:
+    model, tokens, profile = planted
+    with pytest.raises(nk.NeuronKindsError, match="not those the profile"):
+        max_activating_contexts(model, profile, tokens[:-1], 0, 3)
+    shuffled = tokens.flip(0)
+    with pytest.raises(nk.NeuronKindsError, match="not the tokens"):
+        max_activating_contexts(model, profile, shuffled, 0, 3)
+    with pytest.raises(nk.NeuronKindsError, match="another model"):
+        max_activating_contexts(tiny_model(), profile, tokens, 0, 3)
+
+
+def test_profiles_without_examples_say_how_to_get_them(planted) -> None:
+    _, _, profile = planted
+    with pytest.raises(nk.NeuronKindsError, match="histogram=True"):
+        activation_histogram(profile, 0, 3)
+    old = nk.NeuronProfile.load(__import__("pathlib").Path(__file__).parent / "data/profile_v2")
+    assert old.top_k == 0 and old.ngram_cap == 5
+    with pytest.raises(nk.NeuronKindsError, match="top_k > 0"):
+        top_activations(old, 0)
+    with pytest.raises(nk.NeuronKindsError, match="layer 5"):
+        top_activations(profile, 5)
+    with pytest.raises(nk.NeuronKindsError, match="out of range"):
+        top_activations(profile, 0, 99)
+
+
+def test_bad_top_k_is_refused() -> None:
+    with pytest.raises(nk.NeuronKindsError, match="top_k"):
+        nk.record(tiny_model(), random_tokens(1), bos_token_id=BOS, progress=False, top_k=-1)
+    for bad in (1.5, True, "8"):  # what the signature's type hint forbids, checked anyway
+        with pytest.raises(nk.NeuronKindsError, match="top_k"):
+            accumulate.check_top_k(bad)
