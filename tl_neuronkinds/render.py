@@ -1,0 +1,361 @@
+"""Offline HTML for circuitsvis widgets: one JavaScript bundle per page, nothing fetched.
+
+circuitsvis's own ``RenderedHTML`` probes google.com in ``_repr_html_`` and points ``str()`` at
+a CDN (STYLE.md, "Leave behind"); this module never calls either. It inlines the bundle that
+the circuitsvis package ships (``circuitsvis/dist/cdn/iife.js``, which defines the global
+``CircuitsVis``) and calls ``CircuitsVis.render(id, CircuitsVis.<Component>, props)`` itself,
+as circuitsvis's ``render_local`` does:
+
+- ``bundle_script()``: the bundle in one ``<script>``, made safe to inline (no ``</script``
+  or ``<!--`` left in it, its source-map comment removed so no browser asks for the map).
+  It runs only where ``window.CircuitsVis`` is not yet defined.
+- ``widget(component, props)``: a ``<div>`` and a small ``<script>`` that renders the
+  component into it from JSON props. Nothing in the props can end the script: the JSON is
+  ASCII with ``<``, ``>`` and ``&`` written as ``\\u003c``-style escapes (so U+2028/2029 and
+  right-to-left marks are escapes too). circuitsvis writes the strings of a ``tokens`` prop as
+  HTML (React's ``dangerouslySetInnerHTML``), so ``widget`` HTML-escapes them first and makes
+  invisible characters visible (``visible``): a token ``<img onerror=...>`` shows as that text.
+  (circuitsvis's hover tooltip writes the same string as text, so there a token holding ``<``
+  or ``&`` shows its escape, ``&lt;``.) The div's id is a hash of the widget's content,
+  so the same input gives the same HTML; at render time the script appends a page-wide
+  counter to it, so two identical widgets on one page (or in one notebook) stay distinct.
+- ``page(title, fragments)``: a complete HTML document with the bundle once, however many
+  widgets, and a Content-Security-Policy that forbids any request (scripts, styles, images,
+  fonts, connections) to anywhere: nothing leaves the file even if something tried.
+
+Notebooks: an object's ``_repr_html_`` (``NeuronView``) returns ``notebook_html(fragment)``,
+the fragment with its own copy of the bundle (1.3 MB). An output cannot rely on an earlier
+one's copy: after a reload or in an exported notebook the earlier output may be cleared or
+not run, and Colab and VS Code show each output in its own frame. Where outputs share one page
+(JupyterLab, the classic notebook) the repeated copy is parsed but not run again (the
+``window.CircuitsVis`` guard). To keep a notebook file small, save views to a page instead
+(``NeuronView.save``).
+"""
+
+import functools
+import hashlib
+import html
+import importlib.metadata
+import importlib.util
+import json
+import math
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tl_neuronkinds.errors import NeuronKindsError
+
+#: The policy every page carries: inline scripts and styles, data: images; no request at all.
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'"
+)
+#: The stylesheet of tl_neuronkinds's views (class names start with ``nk-``).
+CSS = """
+.nk-view{font-family:system-ui,sans-serif;font-size:14px;color:#222;max-width:1100px}
+.nk-view h2{font-size:18px;margin:18px 0 6px}.nk-view h3{font-size:15px;margin:14px 0 4px}
+.nk-view table{border-collapse:collapse;margin:4px 0}
+.nk-view th,.nk-view td{border:1px solid #ddd;padding:2px 8px;text-align:left;
+vertical-align:top}
+.nk-view th{background:#f4f4f4}.nk-view .nk-num{text-align:right;font-variant-numeric:tabular-nums}
+.nk-tok{font-family:ui-monospace,monospace;white-space:pre;background:#eef;border-radius:3px;
+padding:0 2px}
+.nk-note{color:#666;font-style:italic}.nk-row{display:flex;gap:24px;flex-wrap:wrap}
+.nk-widget{margin:2px 0}.nk-ctx td{vertical-align:middle}
+"""
+_COMPONENT = re.compile(r"[A-Z][A-Za-z0-9]*")
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"}
+_KEEP = {"\n", "\t"}
+_INVISIBLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+_NUMBER = re.compile(r"-?[\d,.]+%?")
+
+
+def _bundle_path() -> Path:
+    spec = importlib.util.find_spec("circuitsvis")
+    if spec is None or spec.origin is None:
+        raise NeuronKindsError("circuitsvis is not installed (pip install circuitsvis)")
+    path = Path(spec.origin).parent / "dist" / "cdn" / "iife.js"
+    if not path.is_file():
+        raise NeuronKindsError(f"circuitsvis's JavaScript bundle is missing: {path}")
+    return path
+
+
+def inline_js(code: str) -> str:
+    """JavaScript made safe inside an HTML ``<script>``: ``</script`` (any case) becomes
+    ``<\\/script`` and ``<!--`` becomes ``<\\!--``, escapes that mean the same text in the
+    string, template and regular-expression literals and comments where a bundle holds them."""
+    code = re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE)
+    return code.replace("<!--", "<\\!--")
+
+
+@functools.cache
+def _bundle() -> str:
+    code = _bundle_path().read_text(encoding="utf-8")
+    code = re.sub(r"\n//# sourceMappingURL=\S*\s*$", "\n", code)
+    return inline_js(code)
+
+
+def bundle_script() -> str:
+    """circuitsvis's bundle in one ``<script>`` that defines ``window.CircuitsVis`` once."""
+    version = importlib.metadata.version("circuitsvis")
+    return (
+        f'<script data-nk-bundle="circuitsvis {html.escape(version)}">'
+        f"if(!window.CircuitsVis){{(function(){{{_bundle()}\nwindow.CircuitsVis=CircuitsVis;}})()}}"
+        "</script>"
+    )
+
+
+def visible(text: str, *, breaks: bool = True) -> str:
+    """``text`` with invisible characters written out: controls, format characters (zero-width
+    spaces, right-to-left and other bidirectional marks), line and paragraph separators and lone
+    surrogates become ``⟨U+202E⟩``. Newlines and tabs are kept where ``breaks``, else shown as
+    ``↵`` and ``⇥`` (for one-line cells)."""
+    out = []
+    for char in text:
+        if breaks and char in _KEEP:
+            out.append(char)
+        elif char == "\n":
+            out.append("↵")
+        elif char == "\t":
+            out.append("⇥")
+        elif unicodedata.category(char) in _INVISIBLE:
+            out.append(f"⟨U+{ord(char):04X}⟩")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def token_html(token: str, *, breaks: bool = False) -> str:
+    """A token string as HTML text: ``visible`` and escaped (quotes too, for attributes)."""
+    return html.escape(visible(token, breaks=breaks), quote=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "tolist"):  # torch tensors
+        return value.tolist()
+    raise NeuronKindsError(f"widget props must be JSON data, got {type(value).__name__}")
+
+
+def _escape_tokens(value: Any) -> Any:
+    if isinstance(value, str):
+        return html.escape(visible(value), quote=False)
+    if isinstance(value, list | tuple):
+        return [_escape_tokens(v) for v in value]
+    return value
+
+
+def props_json(props: dict[str, Any]) -> str:
+    """``props`` as a JSON object that is safe inside a ``<script>`` (see the module)."""
+    props = {k: _escape_tokens(v) if k == "tokens" else v for k, v in props.items()}
+    try:
+        text = json.dumps(
+            props, ensure_ascii=True, allow_nan=False, sort_keys=True, separators=(",", ":"),
+            default=_plain,
+        )  # fmt: skip
+    except ValueError as err:
+        raise NeuronKindsError(f"widget props hold a value JSON cannot carry: {err}") from err
+    return re.sub(r"[<>&]", lambda m: _JSON_ESCAPES[m.group()], text)
+
+
+def widget(component: str, props: dict[str, Any], fallback: str = "") -> str:
+    """An HTML fragment that renders the circuitsvis ``component`` with ``props``.
+
+    Args:
+        component: A component of the circuitsvis bundle (``ColoredTokens``,
+            ``TextNeuronActivations``, ``TopkTokens``, ...), as its JavaScript name.
+        props: Its props, as circuitsvis's JavaScript names them (``minValue``, not
+            ``min_value``); numpy arrays and tensors are turned into lists. NaN is refused.
+        fallback: HTML shown until the component renders (and where scripts do not run, as
+            in an untrusted notebook). The caller escapes it.
+
+    Returns:
+        A ``<div>`` and a ``<script>``; a page needs ``bundle_script()`` before them
+        (``page`` and ``notebook_html`` put it there).
+
+    Raises:
+        NeuronKindsError: The component name is not a JavaScript identifier, or a prop is not
+            JSON data.
+    """
+    if not _COMPONENT.fullmatch(component):
+        raise NeuronKindsError(f"not a circuitsvis component name: {component!r}")
+    data = props_json(props)
+    digest = hashlib.sha256(f"{component}\0{data}\0{fallback}".encode()).hexdigest()[:16]
+    uid = f"nk-cv-{digest}"
+    script = (
+        f'(function(){{var w=window,e=document.getElementById("{uid}"),'
+        f'C=w.CircuitsVis&&w.CircuitsVis["{component}"];if(!e||!C)return;'
+        f'e.id="{uid}-"+(w.nkWidgetCount=(w.nkWidgetCount||0)+1);'
+        f"w.CircuitsVis.render(e.id,C,{data})}})();"
+    )
+    return f'<div id="{uid}" class="nk-widget">{fallback}</div><script>{script}</script>'
+
+
+def page(title: str, fragments: Iterable[str]) -> str:
+    """A complete, self-contained HTML document: ``fragments`` in order, the circuitsvis bundle
+    once, the views' stylesheet, and a Content-Security-Policy that allows no request.
+
+    Raises:
+        NeuronKindsError: A fragment carries the bundle itself (a notebook output,
+            ``_repr_html_()``, rather than ``fragment()``).
+    """
+    parts = list(fragments)
+    if any("data-nk-bundle" in part for part in parts):
+        raise NeuronKindsError(
+            "a fragment given to page() carries the circuitsvis bundle: pass view.fragment(), "
+            "not view._repr_html_() (the page adds the bundle once)"
+        )
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n{bundle_script()}\n"
+        f"</head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def notebook_html(fragment: str) -> str:
+    """``fragment`` for a notebook output: with the stylesheet and its own copy of the bundle
+    (see the module docstring for why every output carries one)."""
+    return f"<style>{CSS}</style>{bundle_script()}{fragment}"
+
+
+def token_span(token: str) -> str:
+    """A token string as a boxed, monospaced HTML span (``token_html``; spaces kept)."""
+    return f'<span class="nk-tok">{token_html(token)}</span>'
+
+
+def html_table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """An HTML table of cells that are already HTML (numbers right-aligned; no header row
+    where ``head`` is empty)."""
+    th = f"<tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>" if head else ""
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=nk-num' if _NUMBER.fullmatch(c) else ''}>{c}</td>" for c in row)
+        + "</tr>"
+        for row in rows
+    )
+    return f'<table class="{cls}">{th}{body}</table>'
+
+
+# ---------------------------------------------------------------------------- plots
+def _fmt(value: float | int) -> str:
+    return f"{value:.1f}".rstrip("0").rstrip(".")
+
+
+def line_plot(
+    x: Sequence[float | int],
+    y: Sequence[float | int],
+    *,
+    x_label: str,
+    y_label: str,
+    y_max: float = 1.0,
+    reference: float | None = None,
+    width: int = 520,
+    height: int = 160,
+) -> str:
+    """A line plot as inline SVG; NaN values of ``y`` break the line. ``reference`` draws a
+    dashed horizontal line (e.g. a mean)."""
+    left, right, top, bottom = 40, 10, 8, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    xs, ys = [float(v) for v in x], [float(v) for v in y]
+    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    span = (x1 - x0) or 1.0
+
+    def px(v: float) -> float:
+        return left + (v - x0) / span * plot_w
+
+    def py(v: float) -> float:
+        return top + plot_h - min(max(v / y_max, 0.0), 1.0) * plot_h
+
+    lines: list[list[str]] = []
+    run: list[str] = []
+    for xv, yv in zip(xs, ys, strict=True):
+        if math.isnan(yv):
+            lines.append(run)
+            run = []
+        else:
+            run.append(f"{_fmt(px(xv))},{_fmt(py(yv))}")
+    lines.append(run)
+    parts = [
+        f'<svg width="{width}" height="{height}" '
+        f'role="img" aria-label="{html.escape(y_label)} by {html.escape(x_label)}">',
+        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
+        'stroke="#bbb"/>',
+    ]
+    for frac in (0.0, 0.5, 1.0):
+        yy = _fmt(py(frac * y_max))
+        parts.append(
+            f'<text x="{left - 4}" y="{yy}" font-size="10" text-anchor="end" '
+            f'dominant-baseline="middle">{_fmt(frac * y_max)}</text>'
+        )
+    for xv in sorted({x0, x0 + span / 2, x1}):
+        parts.append(
+            f'<text x="{_fmt(px(xv))}" y="{top + plot_h + 12}" font-size="10" '
+            f'text-anchor="middle">{round(xv)}</text>'
+        )
+    if reference is not None and not math.isnan(reference):
+        yy = _fmt(py(reference))
+        parts.append(
+            f'<line x1="{left}" x2="{left + plot_w}" y1="{yy}" y2="{yy}" stroke="#e07000" '
+            'stroke-dasharray="4 3"/>'
+        )
+    for run in lines:
+        if run:
+            parts.append(
+                f'<polyline fill="none" stroke="#1f4e9c" stroke-width="1.5" '
+                f'points="{" ".join(run)}"/>'
+            )
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" font-size="11" '
+        f'text-anchor="middle">{html.escape(x_label)}</text></svg>'
+    )
+    return "".join(parts)
+
+
+def bar_plot(
+    labels: Sequence[str],
+    values: Sequence[float | int],
+    *,
+    x_label: str,
+    width: int = 520,
+    height: int = 140,
+) -> str:
+    """Equal-width bars as inline SVG (e.g. a histogram over log-spaced bins), each with a
+    tooltip ``label: value``; the first and last labels are written under the axis."""
+    left, right, top, bottom = 10, 10, 8, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    top_value = max(values, default=0) or 1
+    bar_w = plot_w / max(len(values), 1)
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(x_label)}">',
+        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '
+        'stroke="#999"/>',
+    ]
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        h = value / top_value * plot_h
+        parts.append(
+            f'<rect x="{_fmt(left + i * bar_w)}" y="{_fmt(top + plot_h - h)}" '
+            f'width="{_fmt(max(bar_w - 1, 0.5))}" height="{_fmt(h)}" fill="#1f4e9c">'
+            f"<title>{html.escape(label)}: {value:,}</title></rect>"
+        )
+    for i, anchor in ((0, "start"), (len(labels) - 1, "end")):
+        if labels:
+            x = left if anchor == "start" else left + plot_w
+            parts.append(
+                f'<text x="{_fmt(x)}" y="{top + plot_h + 12}" font-size="10" '
+                f'text-anchor="{anchor}">{html.escape(labels[i])}</text>'
+            )
+    parts.append(
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" font-size="11" '
+        f'text-anchor="middle">{html.escape(x_label)}</text></svg>'
+    )
+    return "".join(parts)
