@@ -29,9 +29,13 @@ from tl_neuronkinds.recording import (
     LayerCounts,
     NeuronProfile,
     NeuronRecorder,
+    activation_histogram,
+    max_activating_contexts,
     profile_from_activations,
     record,
+    top_activations,
 )
+from tl_neuronkinds.report import report  # eager: the module would shadow it (see below)
 from tl_neuronkinds.version import __version__
 
 __all__ = [
@@ -43,21 +47,39 @@ __all__ = [
     "NeuronKindsError",
     "NeuronProfile",
     "NeuronRecorder",
+    "NeuronView",
     "UndecidableWarning",
     "__version__",
+    "activation_histogram",
     "classify",
     "dead_neurons",
     "embedded_model_dir",
     "figure_tables",
     "layer_summary",
     "load_opt",
+    "max_activating_contexts",
     "ngram_coverage",
     "position_teams",
     "positional_neurons",
     "profile_from_activations",
     "record",
+    "report",
+    "show_neuron",
+    "suppression_by_layer",
     "token_detectors",
+    "top_activations",
+    "trigger_suppression",
+    "vocab_projection",
+    "vocab_scores",
 ]
+
+#: Imported when first used (``tl_neuronkinds.vocab``).
+_VOCAB = ("suppression_by_layer", "trigger_suppression", "vocab_projection", "vocab_scores")
+
+
+# ``report`` is imported above, not on first use: once imported, the module
+# ``tl_neuronkinds.report`` would shadow a lazily returned function. It loads neither matplotlib
+# nor circuitsvis until a report is written.
 
 
 def __getattr__(name: str) -> Any:
@@ -65,4 +87,12 @@ def __getattr__(name: str) -> Any:
         from tl_neuronkinds.loading import load_opt
 
         return load_opt
+    if name in _VOCAB:
+        from tl_neuronkinds import vocab
+
+        return getattr(vocab, name)
+    if name in ("show_neuron", "NeuronView"):
+        from tl_neuronkinds import views
+
+        return getattr(views, name)
     raise AttributeError(f"module 'tl_neuronkinds' has no attribute {name!r}")

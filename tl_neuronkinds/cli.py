@@ -2,10 +2,11 @@
 
 ``profile`` is the main job: load a model (default: the embedded one), tokenize a corpus
 (default: the embedded corpus's held-out split), record a NeuronProfile (``nk.record``, with
-checkpoints that a rerun of the same command resumes), then write the classification and the
-per-layer summaries of the paper's figures next to it. Everything is validated before anything
-is written; every error is one line on stderr and exit status 2 (130 after Ctrl-C), never a
-traceback. A run is marked finished in ``run.json`` only once every output exists.
+checkpoints that a rerun of the same command resumes), then write next to it the tokens it was
+recorded on, the classification, the per-layer summaries of the paper's figures and the HTML
+report (``nk.report``; ``report DIR`` writes it again from a run directory). Everything is
+validated before anything is written; every error is one line on stderr and exit status 2 (130
+after Ctrl-C), never a traceback. A run is marked finished in ``run.json`` only once every output exists.
 
 Under ``torchrun`` every rank runs the command; ``record`` gives each rank its share of the rows
 and every rank the merged profile; rank 0 writes the outputs.
@@ -26,6 +27,8 @@ from tl_neuronkinds.errors import NeuronKindsError
 _RUN_FILE = "run.json"
 _PROFILE_DIR = "profile"
 _CHECKPOINT_DIR = "checkpoint"
+_TOKENS_FILE = "tokens.safetensors"  # int32 [n_seq, seq_len]: the recorded tokens
+_REPORT_FILE = "report.html"
 # The columns of the per-layer summary printed at the end (all are in summary_layers.csv).
 _SUMMARY_COLUMNS = [
     "n_neurons",
@@ -72,14 +75,20 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a finished run or one with other settings"
     )
     prof.add_argument("--out", required=True, help="output directory")
+    prof.add_argument("--no-report", action="store_true", help="write no report.html")
     tables = sub.add_parser("tables", help="write the tables of a run's saved profile again")
     tables.add_argument("dir")
     rep = sub.add_parser("report", help="write an HTML report of a run directory")
     rep.add_argument("dir")
-    rep.add_argument("--out", default="report.html")
+    rep.add_argument("--out", default=None, help="HTML file (default: DIR/report.html)")
+    rep.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if any)")
+    rep.add_argument(
+        "--offload", choices=["cpu", "disk"], default=None, help="stream block weights"
+    )
     demo = sub.add_parser("demo", help="the main job on the embedded model and corpus")
     demo.add_argument("--out", default="neuronkinds-demo", help="output directory")
     demo.add_argument("--tokens", default=None, help="held-out tokens (default: all, ~284k)")
+    demo.add_argument("--no-report", action="store_true", help="write no report.html")
     return parser
 
 
@@ -93,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             demo_args = ["profile", "--out", args.out, "--overwrite"]
             if args.tokens is not None:
                 demo_args += ["--tokens", args.tokens]
+            if args.no_report:
+                demo_args.append("--no-report")
             profile_command(_parser().parse_args(demo_args))
         elif args.command == "tables":
             tables_command(Path(args.dir))
         else:
-            raise NeuronKindsError("`report` arrives with the report issue; use `tables` for now")
+            report_command(args)
     except NeuronKindsError as err:
         print(f"tl-neuronkinds: error: {err}", file=sys.stderr)
         return 2
@@ -158,6 +169,8 @@ def profile_command(args: argparse.Namespace) -> None:
     cap = _cap(args.ngram_cap)
     every = _int("--checkpoint-every", args.checkpoint_every)
     batch_size = _int("--batch-size", args.batch_size)
+    if not args.no_report:
+        _require_report()
     rank, world_size = _init_distributed()
 
     from tl_neuronkinds import recording
@@ -183,7 +196,7 @@ def profile_command(args: argparse.Namespace) -> None:
         "world_size": world_size,
     }
     if rank == 0:
-        _prepare(out, settings, args.overwrite)
+        _prepare(out, settings, args.overwrite, report=not args.no_report)
     _barrier(world_size)
     print(
         f"recording {tokens.numel():,} tokens ({tokens.shape[0]} x {tokens.shape[1]}) from "
@@ -201,10 +214,17 @@ def profile_command(args: argparse.Namespace) -> None:
         checkpoint_every=every,
     )
     if rank == 0:
+        _save_tokens(out / _TOKENS_FILE, tokens)
         profile.save(out / _PROFILE_DIR)
-        write_outputs(profile, out)
-        _write_run(out, settings, finished=True)
-        print(f"\nwrote {out}: profile/, classification.csv/.parquet and summary_*.csv")
+        analysis = write_outputs(profile, out)
+        wrote = f"profile/, {_TOKENS_FILE}, classification.csv/.parquet, summary_*.csv"
+        if not args.no_report:
+            from tl_neuronkinds.report import report
+
+            path = report(profile, model, out / _REPORT_FILE, tokens, analysis=analysis)
+            wrote += f" and {_REPORT_FILE} ({path.stat().st_size / 2**20:.1f} MiB)"
+        _write_run(out, settings, finished=True, report=not args.no_report)
+        print(f"\nwrote {out}: {wrote}")
 
 
 def tables_command(directory: Path) -> None:
@@ -216,11 +236,46 @@ def tables_command(directory: Path) -> None:
     run = directory / _RUN_FILE
     if run.exists():
         state = _read_run(directory)
-        _write_run(directory, state.get("settings", {}), finished=True)
+        wants_report = bool(state.get("report", False))
+        complete = not wants_report or (directory / _REPORT_FILE).exists()
+        _write_run(directory, state.get("settings", {}), finished=complete, report=wants_report)
     print(f"\nwrote {directory}: classification.csv/.parquet and summary_*.csv")
 
 
-def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def report_command(args: argparse.Namespace) -> None:
+    """Write the HTML report of a run directory: its profile, the model named in ``run.json``
+    and the tokens it was recorded on (``tokens.safetensors``; without it, no contexts)."""
+    directory = Path(args.dir)
+    if not (directory / _RUN_FILE).is_file() or not (directory / _PROFILE_DIR).is_dir():
+        raise NeuronKindsError(
+            f"{directory} is not a run directory (it needs {_RUN_FILE} and {_PROFILE_DIR}/)"
+        )
+    out = Path(args.out) if args.out is not None else directory / _REPORT_FILE
+    if out.is_dir():
+        raise NeuronKindsError(f"--out {out}: a directory is there, not a file")
+    _require_report()
+    name = _read_run(directory).get("settings", {}).get("model")
+    if not isinstance(name, str):
+        raise NeuronKindsError(f"{directory / _RUN_FILE} names no model")
+    from tl_neuronkinds.loading import load_opt
+    from tl_neuronkinds.recording.profile import NeuronProfile
+    from tl_neuronkinds.report import report
+
+    profile = NeuronProfile.load(directory / _PROFILE_DIR)
+    tokens = _load_tokens(directory / _TOKENS_FILE)
+    if tokens is None:
+        note = f"no {_TOKENS_FILE} in {directory}: the report shows no contexts"
+        print(f"tl-neuronkinds: note: {note}", file=sys.stderr)
+    model = load_opt(
+        _embedded_model() if name == "embedded" else name,
+        device=args.device,
+        offload=args.offload,
+    )
+    path = report(profile, model, out, tokens)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _prepare(out: Path, settings: dict[str, Any], overwrite: bool, *, report: bool) -> None:
     """Refuse a directory holding something else; start or resume the run in it."""
     if (out / _RUN_FILE).exists():
         state = _read_run(out)
@@ -242,7 +297,7 @@ def _prepare(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     if overwrite:
         for name in (_CHECKPOINT_DIR, _PROFILE_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
-    _write_run(out, settings, finished=False)
+    _write_run(out, settings, finished=False, report=report)
 
 
 def _read_run(out: Path) -> dict[str, Any]:
@@ -255,10 +310,13 @@ def _read_run(out: Path) -> dict[str, Any]:
     return state
 
 
-def _write_run(out: Path, settings: dict[str, Any], *, finished: bool) -> None:
-    atomic_write_text(
-        out / _RUN_FILE, json.dumps({"settings": settings, "finished": finished}, indent=1)
-    )
+def _write_run(
+    out: Path, settings: dict[str, Any], *, finished: bool, report: bool = False
+) -> None:
+    """``run.json``: the settings, whether every output is written, whether they include
+    ``report.html`` (a run is finished only once it exists)."""
+    state = {"settings": settings, "finished": finished, "report": report}
+    atomic_write_text(out / _RUN_FILE, json.dumps(state, indent=1))
 
 
 def _saved_note(args: argparse.Namespace) -> str:
@@ -279,8 +337,10 @@ def _saved_note(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------ outputs
-def write_outputs(profile: Any, out: Path) -> None:
-    """Write classification.csv/.parquet and the per-figure summaries; print the summary."""
+def write_outputs(profile: Any, out: Path) -> Any:
+    """Write classification.csv/.parquet and the per-figure summaries; print the summary.
+
+    Returns the ``Analysis`` the tables came from (for the report)."""
     from tl_neuronkinds.kinds import (
         Analysis,
         EvidenceWarning,
@@ -310,6 +370,45 @@ def write_outputs(profile: Any, out: Path) -> None:
     layers = tables["layers"]
     shown = [c for c in _SUMMARY_COLUMNS if c in layers.columns]
     print(layers[shown].to_string(float_format=lambda x: f"{x:.3g}"))
+    return analysis
+
+
+def _require_report() -> None:
+    """Fail before any work where the report cannot be drawn (matplotlib missing)."""
+    from tl_neuronkinds.figures import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except NeuronKindsError as err:
+        raise NeuronKindsError(f"{err} (or pass --no-report)") from None
+
+
+def _save_tokens(path: Path, tokens: Any) -> None:
+    """The recorded tokens as int32 ``tokens`` in a safetensors file, written atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tl_neuronkinds.atomic import follow_umask
+
+    def write(tmp: Path) -> None:
+        save_file({"tokens": tokens.to("cpu", torch.int32).contiguous()}, str(tmp))
+        follow_umask(tmp)
+
+    atomic_write(path, write)
+
+
+def _load_tokens(path: Path) -> Any:
+    """The tokens ``_save_tokens`` wrote (int64), or None where the file is absent."""
+    if not path.exists():
+        return None
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))["tokens"].to(torch.int64)
+    except (SafetensorError, KeyError, OSError) as err:
+        raise NeuronKindsError(f"corrupt {path}: {err}") from err
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -1,0 +1,267 @@
+"""The paper's figures drawn with matplotlib, as SVG to inline in an HTML page (``report.py``).
+
+Each function takes the tables of ``tl_neuronkinds.kinds`` (``figure_tables``,
+``position_teams``, ``position_frequencies``; nothing is recomputed here) and returns one
+``<svg>`` element. matplotlib is the ``report`` extra: it is imported by ``require_matplotlib``
+when a figure is drawn, never when the package is imported, and its absence is a
+NeuronKindsError naming the extra.
+
+No pyplot: figures are ``matplotlib.figure.Figure`` objects saved with the SVG backend, so no
+global backend is chosen (headless, as with Agg) and a user's interactive session is left as it
+was. Output is deterministic: ``svg.hashsalt`` is fixed, the metadata (date, creator) is dropped,
+text stays text (``svg.fonttype = none``: smaller, searchable). Every ``id`` inside a figure is
+prefixed with the figure's own id, so many figures share one page without clashing ids.
+"""
+
+import io
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tl_neuronkinds.errors import NeuronKindsError
+
+#: The pip extra that brings matplotlib.
+EXTRA = 'pip install "tl_neuronkinds[report]"'
+#: Colours of Figures 7-8: purple oscillatory, red both extremes, green one extreme, yellow
+#: other; (strong, weak) shades as the paper's colour intensity (§5.2).
+TYPE_COLOURS = {
+    "oscillatory": ("#6a3d9a", "#cab2d6"),
+    "both_extremes": ("#d7301f", "#fc9272"),
+    "one_extreme": ("#238b45", "#a1d99b"),
+    "other": ("#d4a100", "#ffe680"),
+}
+TYPE_ORDER = ["oscillatory", "both_extremes", "one_extreme", "other"]
+_RC = {
+    "svg.hashsalt": "tl_neuronkinds",
+    "svg.fonttype": "none",
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_WIDE, _HIGH = 6.4, 2.6  # inches
+
+
+def require_matplotlib() -> Any:
+    """The ``matplotlib`` module, or a NeuronKindsError saying how to install it."""
+    try:
+        import matplotlib
+        import matplotlib.figure
+        import matplotlib.style  # noqa: F401
+    except ImportError as err:
+        raise NeuronKindsError(
+            f"the report's figures need matplotlib, which is not installed: {EXTRA}"
+        ) from err
+    return matplotlib
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """matplotlib's defaults and ``_RC`` while a figure is drawn and saved, whatever the user's
+    rcParams (styles, a notebook's settings): the same input gives the same SVG."""
+    matplotlib = require_matplotlib()
+    with matplotlib.style.context(["default", _RC]):
+        yield
+
+
+def _figure(width: float = _WIDE, height: float = _HIGH) -> Any:
+    return require_matplotlib().figure.Figure(figsize=(width, height))
+
+
+def _svg(fig: Any, fid: str) -> str:
+    """``fig`` as one ``<svg>`` element: no XML prolog, metadata or global style, ids prefixed
+    (called inside ``_style``, for ``svg.hashsalt``)."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, flags=re.DOTALL)
+    text = re.sub(r"\s*<style[^>]*>.*?</style>", "", text, flags=re.DOTALL)
+    text = re.sub(r' xmlns(:xlink)?="[^"]*"', "", text)
+    text = text.replace('id="', f'id="{fid}-').replace("url(#", f"url(#{fid}-")
+    text = text.replace('href="#', f'href="#{fid}-')
+    return text.replace("<svg ", f'<svg class="nk-plot" role="img" aria-label="{fid}" ', 1)
+
+
+def _layer_axis(ax: Any, layers: Sequence[int]) -> None:
+    matplotlib = require_matplotlib()
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    if layers:
+        ax.set_xlim(min(layers) - 0.6, max(layers) + 0.6)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def layer_line(
+    fid: str, series: dict[str, pd.Series], ylabel: str, *, styles: Sequence[str] = ()
+) -> str:
+    """One line per named per-layer series (Figures 1a, 1b, 3a, 3b); NaN breaks a line."""
+    with _style():
+        fig = _figure()
+        ax = fig.add_subplot()
+        layers: list[int] = []
+        for i, (label, values) in enumerate(series.items()):
+            style = styles[i] if i < len(styles) else "-"
+            ax.plot(
+                values.index, values.to_numpy(dtype=float), style, marker="o", ms=3, label=label
+            )
+            layers = list(values.index)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        _layer_axis(ax, layers)
+        if len(series) > 1:
+            ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _svg(fig, fid)
+
+
+def layer_bars(
+    fid: str,
+    series: dict[str, pd.Series],
+    ylabel: str,
+    *,
+    reference: tuple[float, str] | None = None,
+    notes: dict[int, str] | None = None,
+) -> str:
+    """Side-by-side bars of per-layer series (Figures 4, 6); ``reference`` draws a dashed
+    horizontal line with its label; ``notes`` writes a text above a layer's bars."""
+    with _style():
+        fig = _figure()
+        ax = fig.add_subplot()
+        width = 0.8 / max(len(series), 1)
+        layers: list[int] = []
+        for i, (label, values) in enumerate(series.items()):
+            x = [layer + (i - (len(series) - 1) / 2) * width for layer in values.index]
+            ax.bar(x, values.to_numpy(dtype=float), width=width, label=label)
+            layers = list(values.index)
+        if reference is not None:
+            ax.axhline(reference[0], color="#555", ls="--", lw=1, label=reference[1])
+        for layer, text in (notes or {}).items():
+            top = max(float(np.nan_to_num(v.get(layer, 0.0))) for v in series.values())
+            ax.annotate(
+                text,
+                (layer, top),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+            )
+        ax.set_ylabel(ylabel)
+        _layer_axis(ax, layers)
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _svg(fig, fid)
+
+
+def coverage_bars(fid: str, table: pd.DataFrame, censored: str | None) -> str:
+    """Figure 2 / Appendix A: per layer, alive neurons stacked by bucket of ``k95_n``.
+
+    ``table`` is ``fig2``'s (bucket columns, then ``undefined`` and maybe ``unknown``);
+    ``censored`` names its ``>cap`` column (pale blue, hatched: those k95 are only known to pass
+    the cap).
+    """
+    with _style():
+        matplotlib = require_matplotlib()
+        extra = [c for c in ("undefined", "unknown") if c in table.columns]
+        buckets = [c for c in table.columns if c not in extra]
+        cmap = matplotlib.colormaps["viridis"]
+        fig = _figure(_WIDE, max(_HIGH, 0.9 + 0.22 * len(table)))
+        ax = fig.add_subplot()
+        left = pd.Series(0.0, index=table.index)
+        y = range(len(table))
+        for i, column in enumerate([*buckets, *extra]):
+            values = table[column].astype(float)
+            if column in extra:
+                colour, hatch = ("#d9d9d9" if column == "undefined" else "#969696"), None
+            else:
+                colour = cmap(i / max(len(buckets) - 1, 1))
+                hatch = "///" if column == censored else None
+            if column == censored:
+                colour = "#9ecae1"
+            ax.barh(
+                y, values, left=left, color=colour, hatch=hatch, edgecolor="white", label=column
+            )
+            left += values
+        ax.set_yticks(list(y), [str(layer) for layer in table.index])
+        ax.invert_yaxis()
+        ax.set_ylabel("layer")
+        ax.set_xlabel("alive neurons")
+        ax.legend(frameon=False, fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _svg(fig, fid)
+
+
+def positional_bars(fid: str, table: pd.DataFrame) -> str:
+    """Figure 8: per layer, positional neurons stacked by type and strength (``fig8``'s table)."""
+    with _style():
+        fig = _figure()
+        ax = fig.add_subplot()
+        bottom = pd.Series(0.0, index=table.index)
+        for kind in TYPE_ORDER:
+            for strength, colour in zip(("strong", "weak"), TYPE_COLOURS[kind]):
+                values = table[f"{kind}_{strength}"].astype(float)
+                ax.bar(
+                    table.index, values, bottom=bottom, color=colour, label=f"{kind} ({strength})"
+                )
+                bottom += values
+        ax.set_ylabel("positional neurons")
+        _layer_axis(ax, list(table.index))
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _svg(fig, fid)
+
+
+def position_curves(fid: str, curves: dict[tuple[str, str], tuple[str, pd.Series] | None]) -> str:
+    """Figure 7: one panel per (type, strength), its example's ``f_p`` over positions (or a note
+    that the run has none); rows strong then weak, as the paper's top and bottom rows."""
+    with _style():
+        fig = _figure(_WIDE * 1.4, 3.6)
+        axes = fig.subplots(2, len(TYPE_ORDER), sharey=True)
+        for row, strength in enumerate(("strong", "weak")):
+            for col, kind in enumerate(TYPE_ORDER):
+                ax = axes[row][col]
+                chosen = curves.get((kind, strength))
+                ax.set_ylim(-0.05, 1.05)
+                if chosen is None:
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "none in this run",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        color="#777",
+                    )
+                    ax.set_xticks([])
+                    title = f"{kind}, {strength}"
+                else:
+                    name, f = chosen
+                    colour = TYPE_COLOURS[kind][0 if strength == "strong" else 1]
+                    ax.plot(f.index, f.to_numpy(dtype=float), color=colour, lw=0.8)
+                    title = f"{kind}, {strength}\n{name}"
+                ax.set_title(title, fontsize=8)
+                if row == 1:
+                    ax.set_xlabel("position")
+                if col == 0:
+                    ax.set_ylabel("activation frequency")
+        fig.tight_layout()
+        return _svg(fig, fid)
+
+
+def team_ranges(
+    fid: str, neurons: Sequence[int], ranges: Sequence[Sequence[tuple[int, int]]], last: int
+) -> str:
+    """Figure 9: the position ranges each neuron of a team indicates, one row per neuron."""
+    with _style():
+        fig = _figure(_WIDE, max(1.6, 0.6 + 0.22 * len(neurons)))
+        ax = fig.add_subplot()
+        colour = TYPE_COLOURS["oscillatory"][0]
+        for row, spans in enumerate(ranges):
+            ax.broken_barh(
+                [(a - 0.5, b - a + 1) for a, b in spans], (row - 0.35, 0.7), color=colour
+            )
+        ax.set_yticks(range(len(neurons)), [f"neuron {i}" for i in neurons])
+        ax.invert_yaxis()
+        ax.set_xlim(0.5, last + 0.5)
+        ax.set_xlabel("position")
+        ax.grid(axis="x", alpha=0.3)
+        return _svg(fig, fid)
