@@ -53,3 +53,15 @@ print(nk.classify(merged)["k95_3_status"].value_counts().to_string())
 
 # %% The per-layer summary behind the paper's figures.
 print(nk.layer_summary(profile).to_string())
+
+# %% One neuron at a glance: its kind, triggers, promoted and suppressed tokens, activation by
+# position and the contexts that fire it most (circuitsvis, offline). In a notebook, the last
+# line of a cell shows the view inline; here it is saved as a page.
+pick = (detectors if len(detectors) else table).sort_values("evidence", ascending=False).iloc[0]
+view = nk.show_neuron(model, profile, int(pick.layer), int(pick.neuron), tokens=tokens)
+print(view.vocab.head(3).to_string())  # the view's data are DataFrames
+print("saved", view.save(os.path.join(run_dir, "neuron.html")))
+
+# %% The report: this run's versions of the paper's figures and a searchable section per
+# notable neuron, one self-contained HTML file (needs the report extra: matplotlib).
+print("report:", nk.report(profile, model, out=os.path.join(run_dir, "report.html"), tokens=tokens))
