@@ -164,6 +164,32 @@ def test_record_keeps_the_model_top_activations(tmp_path) -> None:
     assert_same(nk.NeuronProfile.load(tmp_path / "p"), profile)
 
 
+def test_contexts_of_many_neurons_match_full_rows(monkeypatch) -> None:
+    """One pass for several neurons of several layers (rows cut at the furthest context, in
+    small batches) gives each the contexts a full forward of every row gives."""
+    from tl_neuronkinds.recording import examples
+
+    monkeypatch.setattr(examples, "CONTEXT_BATCH", 3)
+    model, tokens = tiny_model(), random_tokens(13, n_seq=11, seq_len=16)
+    profile = nk.record(model, tokens, bos_token_id=BOS, progress=False, top_k=4)
+    _, cache = model.run_with_cache(tokens)
+    wanted = [(0, 1), (2, 5), (0, 7), (1, 3), (2, 0)]
+    got = examples.contexts_of(model, profile, tokens, wanted, k=3, before=3, after=2)
+    assert sorted(got) == sorted(wanted)
+    for layer, neuron in wanted:
+        acts = cache[f"blocks.{layer}.mlp.hook_post"][..., neuron].numpy()
+        expected = reference_top(acts[..., None], 3, profile.threshold)[0]
+        contexts = got[(layer, neuron)]
+        assert [(r.seq, r.pos) for r in contexts.itertuples()] == [(s, q) for _, s, q in expected]
+        for row in contexts.itertuples():
+            lo, hi = max(0, row.pos - 3), min(16, row.pos + 3)
+            assert row.token_ids == tokens[row.seq, lo:hi].tolist()
+            np.testing.assert_allclose(row.activations, acts[row.seq, lo:hi], rtol=1e-5, atol=1e-6)
+            assert row.center == row.pos - lo
+        single = max_activating_contexts(model, profile, tokens, layer, neuron, 3, 3, 2)
+        assert single.drop(columns="activations").equals(contexts.drop(columns="activations"))
+
+
 def test_a_recorder_numbers_the_rows_of_its_forwards_in_order() -> None:
     model, tokens = tiny_model(), random_tokens(12, n_seq=9)
     recorder = nk.NeuronRecorder(model, top_k=3, histogram=True, bos_token_id=BOS)

@@ -11,8 +11,8 @@ allows no request) holds, for one profile and the model it was recorded from:
   fraction of token detectors suppressing their triggers, §4.4), 7, 8, 9 (§5.2-5.3). Every
   number comes from ``tl_neuronkinds.kinds`` (one ``Analysis``) and ``tl_neuronkinds.vocab``;
   nothing is recomputed here;
-- per-neuron sections (``NeuronView.fragment()``, with max-activating contexts where the tokens
-  are given) under a text box that filters them (a few lines of inline JavaScript: a section
+- per-neuron sections (``NeuronView.fragment()``, with up to ``CONTEXTS`` max-activating
+  contexts each where the tokens are given, all computed in one pass) under a text box that filters them (a few lines of inline JavaScript: a section
   stays shown where every word typed occurs, case-insensitively, in its ``data-search``: layer,
   neuron, kind, positional type, why it is shown, triggers). So that the file stays small
   (circuitsvis's 1.3 MB bundle plus some tens of kB per neuron), the neurons shown are bounded,
@@ -45,6 +45,10 @@ from tl_neuronkinds.report_figures import RunTables, figure_sections
 MAX_DETECTORS = 48  # detector sections, by decreasing evidence
 MAX_TEAM = 16  # neurons of Figure 9's team with a section
 PER_LAYER = 2  # per layer: top positional (by I) and most frequent "other" neurons
+#: Max-activating contexts per neuron section. Their activations come from one forward over
+#: the rows they lie in (``contexts_of``), the report's main cost on a CPU: bounded by the
+#: neurons shown times this.
+CONTEXTS = 8
 _CSS = """
 .nk-report{max-width:1150px;margin:0 auto;padding:0 12px}
 .nk-report figure{margin:18px 0;padding:8px 0;border-top:1px solid #ddd}
@@ -212,10 +216,14 @@ def _selection(run: RunTables) -> dict[tuple[int, int], list[str]]:
 
 
 def _neuron_sections(run: RunTables) -> list[str]:
+    from tl_neuronkinds.recording.examples import contexts_of
     from tl_neuronkinds.render import visible
     from tl_neuronkinds.views import show_neuron
 
     chosen = _selection(run)
+    contexts: dict[tuple[int, int], pd.DataFrame] = {}
+    if run.tokens is not None and run.profile.top_k > 0:
+        contexts = contexts_of(run.model, run.profile, run.tokens, list(chosen), k=CONTEXTS)
     rows = run.table.set_index(["layer", "neuron"])
     head = (
         '<h2 id="neurons">Neurons</h2><p>'
@@ -242,7 +250,13 @@ def _neuron_sections(run: RunTables) -> list[str]:
             ]
         )
         view = show_neuron(
-            run.model, run.profile, layer, neuron, tokens=run.tokens, analysis=run.analysis
+            run.model,
+            run.profile,
+            layer,
+            neuron,
+            tokens=run.tokens,
+            analysis=run.analysis,
+            contexts=contexts.get((layer, neuron)),
         )
         out.append(
             f'<section class="nk-neuron" id="n-{layer}-{neuron}" data-layer="{layer}" '

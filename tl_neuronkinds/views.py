@@ -229,6 +229,7 @@ def show_neuron(
     after: int = 4,
     cutoffs: Cutoffs | None = None,
     analysis: Analysis | None = None,
+    contexts: pd.DataFrame | None = None,
 ) -> NeuronView:
     """Everything about one neuron: a ``NeuronView`` that a notebook shows inline (circuitsvis,
     offline) and whose DataFrames hold the data (see ``NeuronView``).
@@ -247,6 +248,8 @@ def show_neuron(
         analysis: An ``Analysis`` of ``profile`` to reuse: its classification of every layer
             is computed once for all the views made with it (a report of many neurons).
             Without one, the view classifies the neuron's layer only.
+        contexts: The neuron's contexts, already computed (``recording.examples.contexts_of``,
+            which does many neurons in one pass: a report); ``tokens`` is then not needed.
 
     Raises:
         NeuronKindsError: A layer the profile did not record, a neuron out of range, a model
@@ -263,12 +266,11 @@ def show_neuron(
     kinds = table.loc[[(layer, neuron)]].reset_index()
     counts = profile.counts[layer]
     notes: list[str] = []
-    contexts = None
-    if tokens is None:
+    if contexts is None and tokens is None:
         notes.append(NO_TOKENS)
-    elif counts.top_values is None:
+    elif contexts is None and counts.top_values is None:
         notes.append("Max-activating contexts: this profile kept none (record with top_k > 0).")
-    else:
+    elif contexts is None and tokens is not None:
         contexts = max_activating_contexts(
             model, profile, tokens, layer, neuron, k=k, before=before, after=after
         )

@@ -156,7 +156,7 @@ def _check_neurons(model: Any, neurons: object) -> Int[torch.Tensor, " n"]:
         ids = (
             neurons.detach().cpu()
             if isinstance(neurons, torch.Tensor)
-            else torch.as_tensor(np.asarray(neurons))
+            else torch.tensor(np.asarray(neurons))  # a copy: read-only arrays are fine
         )
     except (TypeError, ValueError) as err:
         raise NeuronKindsError(f"neurons must be integers, got {neurons!r}") from err
@@ -181,7 +181,9 @@ def _w_out_rows(
 
 def _finite(tensor: torch.Tensor) -> bool:
     """No NaN or infinity in ``tensor``: a finite sum proves it in one cheap reduction (a NaN or
-    an infinity would make it NaN or infinite); otherwise every element is checked."""
+    an infinity would make it NaN or infinite); otherwise every element is checked. The scores
+    are checked rather than ``W_U``: as cheap for a whole layer, and a view of one neuron does
+    not read all of ``W_U`` again."""
     return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
@@ -195,8 +197,6 @@ def score_chunks(
         rows = _w_out_rows(model, layer, neurons)
         out = readout(model, layer)
     unembed = out.W_U.to(torch.float32)
-    if not _finite(unembed):
-        raise NeuronKindsError("W_U holds NaN or infinite values")
     step = max(1, min(rows.shape[0], CHUNK_ELEMENTS // unembed.shape[1]))
     buffer = torch.empty(step, unembed.shape[1], dtype=torch.float32, device=unembed.device)
     for start in range(0, rows.shape[0], step):
@@ -206,6 +206,11 @@ def score_chunks(
             raise NeuronKindsError(f"W_out[{layer}] holds NaN or infinite values")
         scores = buffer[: part.stop - start]
         torch.mm(directions, unembed, out=scores)  # a reused buffer: no page faults per chunk
+        if not _finite(scores):  # a NaN or infinity in W_U reaches every row's score of its token
+            raise NeuronKindsError(
+                f"W_U holds NaN or infinite values (or the scores of W_out[{layer}] overflow "
+                "float32)"
+            )
         yield part, scores
 
 

@@ -233,6 +233,11 @@ def activation_histogram(profile: Any, layer: int, neuron: int | None = None) ->
     )
 
 
+CONTEXT_COLUMNS = ["rank", "value", "seq", "pos", "token_ids", "tokens", "activations", "center"]
+#: Rows per forward when computing contexts.
+CONTEXT_BATCH = 32
+
+
 def max_activating_contexts(
     model: Any,
     profile: Any,
@@ -247,7 +252,7 @@ def max_activating_contexts(
 
     The positions come from the profile (no pass over the corpus); the activations around them
     from one forward over just those rows, up to ``layer``, which also checks that ``tokens``
-    are those the profile was recorded on.
+    are those the profile was recorded on. For many neurons at once, ``contexts_of``.
 
     Args:
         model: The profile's model.
@@ -267,32 +272,63 @@ def max_activating_contexts(
         NeuronKindsError: No top activations kept, ``tokens`` of another shape or content than
             the profile's, a layer or neuron not in the profile, or the model not the profile's.
     """
+    return contexts_of(model, profile, tokens, [(layer, neuron)], k, before, after)[(layer, neuron)]
+
+
+def contexts_of(
+    model: Any,
+    profile: Any,
+    tokens: Int[torch.Tensor, "n_seq pos"],
+    neurons: list[tuple[int, int]],
+    k: int | None = None,
+    before: int = 12,
+    after: int = 4,
+) -> dict[tuple[int, int], pd.DataFrame]:
+    """``max_activating_contexts`` of several neurons, from one pass over the rows they need.
+
+    Each row any of them needs is forwarded once, only as far as its last context reaches
+    (``pos + after``: the model is causal, so the activations before are those of the whole
+    row) and only up to the highest layer asked for, with every neuron's activations kept from
+    that same forward. Returns ``{(layer, neuron): contexts}`` (see ``max_activating_contexts``).
+    """
     from tl_neuronkinds.recording.identity import check_same_model
 
     check_same_model(model, profile)
-    top = top_activations(profile, layer, neuron)
-    if k is not None:
-        top = top[top["rank"] < k]
     if tuple(tokens.shape) != (profile.n_seqs, profile.seq_len):
         raise NeuronKindsError(
             f"tokens of shape {tuple(tokens.shape)} are not those the profile was recorded on "
             f"({profile.n_seqs} x {profile.seq_len})"
         )
-    columns = ["rank", "value", "seq", "pos", "token_ids", "tokens", "activations", "center"]
-    if top.empty:
-        return pd.DataFrame(columns=columns)
-    rows = sorted(set(top["seq"].tolist()))
-    acts = _neuron_activations(model, tokens[rows], layer, neuron)
-    row_of = {seq: i for i, seq in enumerate(rows)}
+    tops = {}
+    for layer, neuron in neurons:
+        top = top_activations(profile, layer, neuron)
+        tops[(layer, neuron)] = top if k is None else top[top["rank"] < k]
+    entries = pd.concat([t for t in tops.values() if not t.empty] or [pd.DataFrame()])
+    acts = {} if entries.empty else _activations(model, tokens, entries, after)
+    return {
+        key: _contexts(profile, tokens, top, acts, key, before, after) for key, top in tops.items()
+    }
+
+
+def _contexts(
+    profile: Any,
+    tokens: Int[torch.Tensor, "n_seq pos"],
+    top: pd.DataFrame,
+    acts: dict[tuple[int, int], dict[int, np.ndarray]],
+    key: tuple[int, int],
+    before: int,
+    after: int,
+) -> pd.DataFrame:
+    """One neuron's contexts from its top entries and the activations of its rows."""
     records = []
     for entry in top.itertuples(index=False):
-        row = acts[row_of[entry.seq]]
+        row = acts[key][entry.seq]
         seen = float(row[entry.pos])
         if not np.isclose(seen, entry.value, rtol=1e-3, atol=1e-4):
             raise NeuronKindsError(
-                f"neuron ({layer}, {neuron}) is {seen:.6g} at row {entry.seq}, position "
-                f"{entry.pos} of these tokens, but the profile recorded {entry.value:.6g} there: "
-                "these are not the tokens (or the model) the profile was recorded on"
+                f"neuron {key} is {seen:.6g} at row {entry.seq}, position {entry.pos} of these "
+                f"tokens, but the profile recorded {entry.value:.6g} there: these are not the "
+                "tokens (or the model) the profile was recorded on"
             )
         lo, hi = max(0, entry.pos - before), min(profile.seq_len, entry.pos + after + 1)
         ids = tokens[entry.seq, lo:hi].tolist()
@@ -308,28 +344,55 @@ def max_activating_contexts(
                 "center": entry.pos - lo,
             }
         )
-    return pd.DataFrame.from_records(records, columns=columns)
+    return pd.DataFrame.from_records(records, columns=CONTEXT_COLUMNS)
 
 
-def _neuron_activations(
-    model: Any, rows: Int[torch.Tensor, "rows pos"], layer: int, neuron: int
-) -> np.ndarray:
-    """``blocks.{layer}.mlp.hook_post[..., neuron]`` over ``rows``, forwarding only that far."""
-    kept: list[torch.Tensor] = []
+def _activations(
+    model: Any, tokens: Int[torch.Tensor, "n_seq pos"], entries: pd.DataFrame, after: int
+) -> dict[tuple[int, int], dict[int, np.ndarray]]:
+    """Each entry's neuron's activations (``blocks.{layer}.mlp.hook_post[..., neuron]``) over its
+    row, up to the furthest position that row needs (``pos + after``):
+    ``{(layer, neuron): {seq: activations}}``.
 
-    def keep(acts: torch.Tensor, hook: Any) -> None:
-        kept.append(acts[..., neuron].detach().float().cpu())
+    Rows go longest first in batches of ``CONTEXT_BATCH``, each batch cut to its longest row,
+    and the forward stops after the highest layer asked for.
+    """
+    seq_len = tokens.shape[1]
+    reach = (entries.groupby("seq")["pos"].max() + after + 1).clip(upper=seq_len)
+    order = reach.sort_values(ascending=False, kind="stable")
+    needs = entries.groupby("seq")[["layer", "neuron"]].apply(
+        lambda g: sorted(set(zip(g["layer"].tolist(), g["neuron"].tolist(), strict=True)))
+    )
+    by_layer: dict[int, list[int]] = {}
+    for layer, neuron in sorted({key for keys in needs for key in keys}):
+        by_layer.setdefault(layer, []).append(neuron)
+    column = {(layer, n): j for layer, ns in by_layer.items() for j, n in enumerate(ns)}
+    out: dict[tuple[int, int], dict[int, np.ndarray]] = {key: {} for key in column}
+    kept: dict[int, np.ndarray] = {}
 
+    def keeper(layer: int) -> Any:
+        wanted = torch.tensor(by_layer[layer])
+
+        def keep(acts: torch.Tensor, hook: Any) -> None:
+            kept[layer] = acts[..., wanted.to(acts.device)].detach().float().cpu().numpy()
+
+        return keep
+
+    hooks = [(f"blocks.{layer}.mlp.hook_post", keeper(layer)) for layer in by_layer]
     device = next(model.parameters()).device
-    batch = 64
-    with torch.no_grad():
-        for first in range(0, rows.shape[0], batch):
+    for first in range(0, len(order), CONTEXT_BATCH):
+        part = order.iloc[first : first + CONTEXT_BATCH]
+        seqs, length = [int(s) for s in part.index], int(part.iloc[0])
+        with torch.no_grad():
             model.run_with_hooks(
-                rows[first : first + batch].to(device),
-                fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)],
-                stop_at_layer=layer + 1,
+                tokens[seqs, :length].to(device),
+                fwd_hooks=hooks,
+                stop_at_layer=max(by_layer) + 1,
             )
-    return torch.cat(kept).numpy()
+        for i, seq in enumerate(seqs):
+            for key in needs[seq]:
+                out[key][seq] = kept[key[0]][i, : int(reach[seq]), column[key]]
+    return out
 
 
 def _layer_counts(profile: Any, layer: int, neuron: int | None) -> Any:
