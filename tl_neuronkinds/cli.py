@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     prof.add_argument("--batch-size", default=None, help="sequences per forward")
     prof.add_argument(
+        "--top-k", default="16", help="top activations kept per neuron, for contexts (0: none)"
+    )
+    prof.add_argument(
+        "--histogram", action="store_true", help="keep each neuron's activation histogram"
+    )
+    prof.add_argument(
         "--overwrite", action="store_true", help="replace a finished run or one with other settings"
     )
     prof.add_argument("--out", required=True, help="output directory")
@@ -169,6 +175,7 @@ def profile_command(args: argparse.Namespace) -> None:
     cap = _cap(args.ngram_cap)
     every = _int("--checkpoint-every", args.checkpoint_every)
     batch_size = _int("--batch-size", args.batch_size)
+    top_k = _int("--top-k", args.top_k, low=0) or 0
     if not args.no_report:
         _require_report()
     rank, world_size = _init_distributed()
@@ -193,6 +200,8 @@ def profile_command(args: argparse.Namespace) -> None:
         "seq_len": seq_len,
         "layers": layers,
         "ngram_cap": cap,
+        "top_k": top_k,
+        "histogram": args.histogram,
         "world_size": world_size,
     }
     if rank == 0:
@@ -212,6 +221,8 @@ def profile_command(args: argparse.Namespace) -> None:
         corpus=corpus.description,
         checkpoint_dir=out / _CHECKPOINT_DIR,
         checkpoint_every=every,
+        top_k=top_k,
+        histogram=args.histogram,
     )
     if rank == 0:
         _save_tokens(out / _TOKENS_FILE, tokens)
