@@ -20,11 +20,12 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True)
         y.n_positions,
         y.n_text_positions,
     )
-    assert (x.layers, x.ngram_max, x.ngram_cap, x.top_k) == (
+    assert (x.layers, x.ngram_max, x.ngram_cap, x.top_k, x.window) == (
         y.layers,
         y.ngram_max,
         y.ngram_cap,
         y.top_k,
+        y.window,
     )
     assert torch.equal(x.pos_text_seqs, y.pos_text_seqs)
     for n in range(1, x.ngram_max + 1):
@@ -36,12 +37,17 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True)
         cx, cy = x.counts[layer], y.counts[layer]
         for name in ("active", "active_text", "pos_active"):
             assert torch.equal(getattr(cx, name), getattr(cy, name)), (layer, name)
-        for name in ("top_seq", "top_pos", "hist"):
+        for name in ("top_seq", "top_pos", "top_window_ids", "hist"):
             ax, ay = getattr(cx, name), getattr(cy, name)
             assert (ax is None) == (ay is None), (layer, name)
             assert ax is None or torch.equal(ax, ay), (layer, name)
         if cx.top_values is not None:
             assert torch.allclose(cx.top_values, cy.top_values, rtol=1e-5, atol=1e-6), layer
+        assert (cx.top_window_acts is None) == (cy.top_window_acts is None), layer
+        if cx.top_window_acts is not None:
+            assert torch.allclose(
+                cx.top_window_acts, cy.top_window_acts, rtol=1e-5, atol=1e-6, equal_nan=True
+            ), layer
         if plan_x is not None and plan_y is not None:
             assert torch.equal(plan_x[layer], plan_y[layer]), (layer, "plan")
         for n in range(1, x.ngram_max + 1):

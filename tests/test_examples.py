@@ -2,6 +2,8 @@
 the same however the tokens are batched, chunked, split, merged or resumed, and right on a
 hand-built model whose activations are known (ties included)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,7 @@ from tl_neuronkinds.recording.examples import (
     HIST_BINS,
     HIST_EDGES,
     activation_histogram,
+    contexts_of,
     max_activating_contexts,
     top_activations,
 )
@@ -53,8 +56,34 @@ def reference_hist(acts: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     return hist
 
 
-def assert_matches(profile: nk.NeuronProfile, acts: dict[int, np.ndarray], k: int) -> None:
+def reference_window(
+    tokens: np.ndarray, acts: np.ndarray, seq: int, pos: int, window: tuple[int, int]
+) -> tuple[list[int], list[float]]:
+    """The tokens and activations of one neuron (acts: [n_seq, seq_len]) around (seq, pos),
+    -1 / NaN outside the row."""
+    ids, values = [], []
+    for p in range(pos - window[0], pos + window[1] + 1):
+        inside = 0 <= p < tokens.shape[1]
+        ids.append(int(tokens[seq, p]) if inside else -1)
+        values.append(float(acts[seq, p]) if inside else float("nan"))
+    return ids, values
+
+
+def assert_matches(
+    profile: nk.NeuronProfile, acts: dict[int, np.ndarray], k: int, tokens=None
+) -> None:
+    """Top-k tables, windows (where the profile kept them) and histograms against plain loops."""
     for layer, layer_acts in acts.items():
+        if profile.window is not None:
+            counts = profile.counts[layer]
+            for i, entries in enumerate(reference_top(layer_acts, k, profile.threshold)):
+                for rank, (_, seq, pos) in enumerate(entries):
+                    ids, values = reference_window(
+                        np.asarray(tokens), layer_acts[..., i], seq, pos, profile.window
+                    )
+                    assert counts.top_window_ids[i, rank].tolist() == ids, (layer, i, rank)
+                    np.testing.assert_allclose(counts.top_window_acts[i, rank], values, rtol=1e-6)
+                assert (counts.top_window_ids[i, len(entries) :] == -1).all()
         expected = reference_top(layer_acts, k, profile.threshold)
         table = top_activations(profile, layer)
         for i, entries in enumerate(expected):
@@ -84,22 +113,27 @@ def activations(draw):
     levels = np.array([-1.0, 0.0, 0.001, 0.5, 0.5, 1.0, 2.0, 300.0], dtype=np.float32)
     acts = {layer: levels[rng.integers(0, 8, size=(n_seq, seq_len, d_mlp))] for layer in (0, 2)}
     k = draw(st.integers(1, 6))
-    return torch.tensor(tokens), acts, k, draw(st.integers(1, n_seq))
+    window = draw(st.none() | st.tuples(st.integers(0, 3), st.integers(0, 3)))
+    return torch.tensor(tokens), acts, k, draw(st.integers(1, n_seq)), window
 
 
 @given(activations())
 @settings(max_examples=60, deadline=None)
 def test_top_k_and_histogram_equal_brute_force_however_batched(case) -> None:
-    tokens, acts, k, batch = case
+    tokens, acts, k, batch, window = case
     whole = nk.profile_from_activations(
         tokens,
         {layer: torch.tensor(a) for layer, a in acts.items()},
         d_vocab=9,
         top_k=k,
         histogram=True,
+        window=window,
     )
-    assert_matches(whole, acts, k)
-    builder = ProfileBuilder([0, 2], d_mlp=acts[0].shape[-1], d_vocab=9, top_k=k, histogram=True)
+    assert whole.window == window
+    assert_matches(whole, acts, k, tokens)
+    builder = ProfileBuilder(
+        [0, 2], d_mlp=acts[0].shape[-1], d_vocab=9, top_k=k, histogram=True, window=window
+    )
     for first in range(0, tokens.shape[0], batch):
         part = slice(first, first + batch)
         builder.add_batch(tokens[part], {layer: torch.tensor(a[part]) for layer, a in acts.items()})
@@ -114,9 +148,9 @@ def test_small_chunks_give_the_same_tables(monkeypatch) -> None:
     acts = {0: rng.choice(np.float32([0.0, 0.25, 0.5, 4.0]), size=(7, 11, 6))}
     monkeypatch.setitem(accumulate._CHUNK_ELEMENTS, "cpu", 6 * 3)  # three rows per chunk
     chunked = nk.profile_from_activations(
-        tokens, {0: torch.tensor(acts[0])}, d_vocab=9, top_k=5, histogram=True
+        tokens, {0: torch.tensor(acts[0])}, d_vocab=9, top_k=5, histogram=True, window=(4, 5)
     )
-    assert_matches(chunked, acts, 5)
+    assert_matches(chunked, acts, 5, tokens)  # windows reach across chunks
 
 
 def test_public_merge_shifts_rows_as_one_recording_over_the_concatenation() -> None:
@@ -124,15 +158,20 @@ def test_public_merge_shifts_rows_as_one_recording_over_the_concatenation() -> N
     tokens = torch.tensor(rng.integers(3, 9, size=(9, 6)))
     tokens[:, 0] = BOS
     acts = torch.tensor(rng.choice(np.float32([0.0, 1.0, 2.0]), size=(9, 6, 4)))
+    kept = {"d_vocab": 9, "top_k": 3, "histogram": True, "window": (1, 2)}
     parts = [
-        nk.profile_from_activations(tokens[s], {0: acts[s]}, d_vocab=9, top_k=3, histogram=True)
+        nk.profile_from_activations(tokens[s], {0: acts[s]}, **kept)
         for s in (slice(0, 2), slice(2, 7), slice(7, 9))
     ]
-    whole = nk.profile_from_activations(tokens, {0: acts}, d_vocab=9, top_k=3, histogram=True)
+    whole = nk.profile_from_activations(tokens, {0: acts}, **kept)
     assert_same(nk.NeuronProfile.merge(parts), whole)
     fewer = nk.profile_from_activations(tokens[:2], {0: acts[:2]}, d_vocab=9, top_k=2)
     merged = nk.NeuronProfile.merge([fewer, parts[1]])
     assert merged.top_k == 2 and merged.counts[0].hist is None  # smallest k; a part lacks hist
+    assert merged.window is None and merged.counts[0].top_window_acts is None  # a part lacks them
+    other = nk.profile_from_activations(tokens[:2], {0: acts[:2]}, **{**kept, "window": (2, 2)})
+    merged = nk.NeuronProfile.merge([other, parts[1]])
+    assert merged.window is None and merged.counts[0].top_values is not None  # windows differ
 
 
 def test_strided_rows_merge_with_same_tokens() -> None:
@@ -144,11 +183,20 @@ def test_strided_rows_merge_with_same_tokens() -> None:
     ranks = []
     for rank in range(3):
         builder = ProfileBuilder(
-            [0], d_mlp=3, d_vocab=9, top_k=4, histogram=True, first_row=rank, row_stride=3
+            [0],
+            d_mlp=3,
+            d_vocab=9,
+            top_k=4,
+            histogram=True,
+            window=(2, 1),
+            first_row=rank,
+            row_stride=3,
         )
         builder.add_batch(tokens[rank::3], {0: acts[rank::3]})
         ranks.append(builder.profile())
-    whole = nk.profile_from_activations(tokens, {0: acts}, d_vocab=9, top_k=4, histogram=True)
+    whole = nk.profile_from_activations(
+        tokens, {0: acts}, d_vocab=9, top_k=4, histogram=True, window=(2, 1)
+    )
     assert_same(nk.NeuronProfile.merge(ranks, same_tokens=True), whole)
 
 
@@ -159,7 +207,8 @@ def test_record_keeps_the_model_top_activations(tmp_path) -> None:
     )
     _, cache = model.run_with_cache(tokens)
     acts = {layer: cache[f"blocks.{layer}.mlp.hook_post"].numpy() for layer in profile.layers}
-    assert_matches(profile, acts, 5)
+    assert profile.window == (12, 4)  # the default
+    assert_matches(profile, acts, 5, tokens)
     profile.save(tmp_path / "p")
     assert_same(nk.NeuronProfile.load(tmp_path / "p"), profile)
 
@@ -174,6 +223,7 @@ def test_contexts_of_many_neurons_match_full_rows(monkeypatch) -> None:
     profile = nk.record(model, tokens, bos_token_id=BOS, progress=False, top_k=4)
     _, cache = model.run_with_cache(tokens)
     wanted = [(0, 1), (2, 5), (0, 7), (1, 3), (2, 0)]
+    profile.window = None  # contexts from the forward, not from the windows
     got = examples.contexts_of(model, profile, tokens, wanted, k=3, before=3, after=2)
     assert sorted(got) == sorted(wanted)
     for layer, neuron in wanted:
@@ -188,6 +238,56 @@ def test_contexts_of_many_neurons_match_full_rows(monkeypatch) -> None:
             assert row.center == row.pos - lo
         single = max_activating_contexts(model, profile, tokens, layer, neuron, 3, 3, 2)
         assert single.drop(columns="activations").equals(contexts.drop(columns="activations"))
+
+
+def test_contexts_from_windows_equal_contexts_from_a_forward() -> None:
+    """A profile's windows give the contexts a forward over the rows gives, without tokens;
+    wider contexts than kept fall back to the forward (and need the tokens)."""
+    model, tokens = tiny_model(), random_tokens(14, n_seq=10, seq_len=16)
+    windowed = nk.record(model, tokens, bos_token_id=BOS, progress=False, top_k=4, window=(5, 3))
+    bare = nk.record(model, tokens, bos_token_id=BOS, progress=False, top_k=4, window=None)
+    assert bare.window is None and bare.counts[0].top_window_acts is None
+    wanted = [(0, 2), (1, 7), (2, 11)]
+    for before, after in ((5, 3), (2, 0), (0, 3)):
+        fast = contexts_of(None, windowed, None, wanted, before=before, after=after)
+        slow = contexts_of(model, bare, tokens, wanted, before=before, after=after)
+        for key in wanted:
+            a, b = fast[key], slow[key]
+            assert a.drop(columns="activations").equals(b.drop(columns="activations")), key
+            for x, y in zip(a["activations"], b["activations"], strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    with pytest.raises(nk.NeuronKindsError, match="pass the tokens"):
+        contexts_of(model, windowed, None, wanted, before=6)
+    wider = contexts_of(model, windowed, tokens, wanted, before=6)
+    assert (
+        wider[(0, 2)]
+        .drop(columns="activations")
+        .equals(
+            contexts_of(model, bare, tokens, wanted, before=6)[(0, 2)].drop(columns="activations")
+        )
+    )
+    with pytest.raises(nk.NeuronKindsError, match="need a forward"):
+        contexts_of(None, bare, tokens, wanted)
+    with pytest.raises(nk.NeuronKindsError, match="not the tokens"):
+        contexts_of(None, windowed, tokens.flip(0), wanted, before=5, after=3)
+
+
+def test_bad_windows_are_refused() -> None:
+    for bad in ((-1, 2), (200, 100)):
+        with pytest.raises(nk.NeuronKindsError, match="window"):
+            nk.record(tiny_model(), random_tokens(1), bos_token_id=BOS, progress=False, window=bad)
+    for wrong in ((1,), (1.5, 2), (True, 1), "12,4"):  # what the type hint forbids, checked anyway
+        with pytest.raises(nk.NeuronKindsError, match="window"):
+            accumulate.check_window(wrong)
+
+
+def test_format_3_profiles_load_without_windows() -> None:
+    """tests/data/profile_v3 was written before context windows (format 3)."""
+    old = nk.NeuronProfile.load(Path(__file__).parent / "data/profile_v3")
+    assert old.top_k == 3 and old.window is None and old.counts[0].hist is not None
+    assert old.counts[0].top_window_acts is None and old.counts[1].top_values is not None
+    with pytest.raises(nk.NeuronKindsError, match="no context windows"):
+        contexts_of(None, old, None, [(0, 1)])
 
 
 def test_a_recorder_numbers_the_rows_of_its_forwards_in_order() -> None:
@@ -249,7 +349,7 @@ def test_profiles_without_examples_say_how_to_get_them(planted) -> None:
     _, _, profile = planted
     with pytest.raises(nk.NeuronKindsError, match="histogram=True"):
         activation_histogram(profile, 0, 3)
-    old = nk.NeuronProfile.load(__import__("pathlib").Path(__file__).parent / "data/profile_v2")
+    old = nk.NeuronProfile.load(Path(__file__).parent / "data/profile_v2")
     assert old.top_k == 0 and old.ngram_cap == 5
     with pytest.raises(nk.NeuronKindsError, match="top_k > 0"):
         top_activations(old, 0)

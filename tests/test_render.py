@@ -277,8 +277,13 @@ def test_show_neuron_matches_brute_force(model, tokens, profile, layer, neuron) 
     assert "data-nk-bundle" not in fragment and NO_TOKENS not in fragment
 
 
-def test_show_neuron_without_tokens_says_how_to_get_contexts(model, profile) -> None:
-    view = nk.show_neuron(model, profile, 0, 3)
+def test_show_neuron_without_tokens_uses_the_windows_or_says_how_to_get_contexts(
+    model, profile, tokens
+) -> None:
+    from_windows = nk.show_neuron(model, profile, 0, 3)  # the profile kept 12 + 4 windows
+    assert from_windows.contexts.equals(nk.show_neuron(model, profile, 0, 3, tokens).contexts)
+    assert not from_windows.notes and "nk-cv-" in from_windows.fragment()
+    view = nk.show_neuron(model, profile, 0, 3, before=13)  # wider than kept, and no tokens
     assert view.contexts is None and view.notes[0] == NO_TOKENS
     fragment = view.fragment()
     assert html.escape(NO_TOKENS) in fragment and "nk-cv-" not in fragment

@@ -276,10 +276,20 @@ def test_mismatched_inputs_are_refused(planted, tmp_path) -> None:
     assert not target.exists()
 
 
-def test_without_tokens_the_report_says_so(planted, tmp_path) -> None:
-    model, profile, _, _ = planted
-    text = nk.report(profile, model, tmp_path / "r.html").read_text(encoding="utf-8")
+def test_contexts_come_from_the_windows_or_the_tokens(planted, tmp_path) -> None:
+    """The profile's windows give the same page as the tokens; without windows (window=None)
+    or tokens, the report has no contexts and says so."""
+    model, profile, tokens, out = planted
+    without = nk.report(profile, model, tmp_path / "w.html").read_text(encoding="utf-8")
+    assert "from the profile&#x27;s windows" in without or "from the profile's windows" in without
+    with_tokens = out.read_text(encoding="utf-8")
+    assert without.count('class="nk-ctx"') == with_tokens.count('class="nk-ctx"') > 0
+    bare = nk.record(model, tokens, ngram_cap=5, bos_token_id=2, window=None, progress=False)
+    text = nk.report(bare, model, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "not shown (no tokens given)" in text and 'id="fig9"' in text
+    assert 'class="nk-ctx"' not in text
+    shown = nk.report(bare, model, tmp_path / "t.html", tokens).read_text(encoding="utf-8")
+    assert "from the tokens" in shown and shown.count('class="nk-ctx"') > 0
 
 
 def test_missing_matplotlib_is_a_clear_error(planted, tmp_path, monkeypatch) -> None:

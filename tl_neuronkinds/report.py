@@ -39,6 +39,7 @@ from tl_neuronkinds import figures
 from tl_neuronkinds.atomic import atomic_write_text
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import Analysis
+from tl_neuronkinds.recording.examples import windows_cover
 from tl_neuronkinds.recording.profile import IDENTITY_KEYS, NeuronProfile
 from tl_neuronkinds.report_figures import RunTables, figure_sections
 
@@ -81,8 +82,9 @@ def report(
         profile: The NeuronProfile.
         model: The model it was recorded from (its weights give Figures 5-6).
         out: The HTML file to write.
-        tokens: The ``[n_seq, seq_len]`` tokens the profile was recorded on: the neuron
-            sections then show contexts. None: no contexts.
+        tokens: The ``[n_seq, seq_len]`` tokens the profile was recorded on (checked). The
+            neuron sections show contexts from the profile's context windows, or where it kept
+            none (``record(..., window=None)``, format 3) from the tokens; with neither, none.
         analysis: An ``Analysis`` of ``profile`` (its cut-offs are the report's; the paper's by
             default) to reuse what it computed (``tl-neuronkinds profile`` passes the one its
             tables came from).
@@ -164,7 +166,9 @@ def _header(run: "RunTables", title: str) -> str:
         "corpus": str(p.meta.get("corpus") or "not recorded"),
         "layers": ", ".join(map(str, p.layers)),
         "n-gram orders, cap": f"1..{p.ngram_max}, {p.ngram_cap}",
-        "contexts": "shown" if run.tokens is not None else "not shown (no tokens given)",
+        "contexts": "from the profile's windows"
+        if windows_cover(p, 12, 4)
+        else ("from the tokens" if run.tokens is not None else "not shown (no tokens given)"),
     }
     body = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows.items()
@@ -222,7 +226,7 @@ def _neuron_sections(run: RunTables) -> list[str]:
 
     chosen = _selection(run)
     contexts: dict[tuple[int, int], pd.DataFrame] = {}
-    if run.tokens is not None and run.profile.top_k > 0:
+    if run.profile.top_k > 0 and (run.tokens is not None or windows_cover(run.profile, 12, 4)):
         contexts = contexts_of(run.model, run.profile, run.tokens, list(chosen), k=CONTEXTS)
     rows = run.table.set_index(["layer", "neuron"])
     head = (

@@ -37,7 +37,11 @@ from tl_neuronkinds.kinds.analysis import Analysis, analysis_of
 from tl_neuronkinds.kinds.classify import classification
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.ngrams import STATUSES, ngram_tokens
-from tl_neuronkinds.recording.examples import activation_histogram, max_activating_contexts
+from tl_neuronkinds.recording.examples import (
+    activation_histogram,
+    max_activating_contexts,
+    windows_cover,
+)
 from tl_neuronkinds.recording.identity import check_same_model
 from tl_neuronkinds.recording.keys import Table
 from tl_neuronkinds.recording.profile import NeuronProfile
@@ -54,8 +58,8 @@ from tl_neuronkinds.render import (
 from tl_neuronkinds.vocab import vocab_projection
 
 NO_TOKENS = (
-    "Max-activating contexts: pass the tokens the profile was recorded on "
-    "(show_neuron(model, profile, layer, neuron, tokens=tokens)) to see them."
+    "Max-activating contexts: this profile kept no context windows this wide; pass the tokens "
+    "it was recorded on (show_neuron(model, profile, layer, neuron, tokens=tokens)) to see them."
 )
 TRIGGER_COLUMNS = ["n", "rank", "ids", "tokens", "text", "count", "occurrences", "share"]
 
@@ -239,8 +243,10 @@ def show_neuron(
             contexts' activations).
         profile: Its NeuronProfile.
         layer, neuron: The neuron.
-        tokens: The tokens the profile was recorded on; without them the view shows everything
-            but the max-activating contexts, and says so.
+        tokens: The tokens the profile was recorded on. Needed for the max-activating contexts
+            only where the profile kept no context windows as wide as ``before`` / ``after``
+            (``record(..., window=...)``); without either the view shows everything else, and
+            says so.
         k: How many max-activating contexts (default: all the profile kept, ``top_k``).
         vocab_k: Promoted and suppressed tokens shown (10 as in §4.4's examples).
         before, after: Tokens of context before and after the activating one.
@@ -266,14 +272,14 @@ def show_neuron(
     kinds = table.loc[[(layer, neuron)]].reset_index()
     counts = profile.counts[layer]
     notes: list[str] = []
-    if contexts is None and tokens is None:
-        notes.append(NO_TOKENS)
-    elif contexts is None and counts.top_values is None:
+    if contexts is None and counts.top_values is None:
         notes.append("Max-activating contexts: this profile kept none (record with top_k > 0).")
-    elif contexts is None and tokens is not None:
+    elif contexts is None and (tokens is not None or windows_cover(profile, before, after)):
         contexts = max_activating_contexts(
             model, profile, tokens, layer, neuron, k=k, before=before, after=after
         )
+    elif contexts is None:
+        notes.append(NO_TOKENS)
     histogram = None
     if counts.hist is not None:
         histogram = activation_histogram(profile, layer, neuron)

@@ -278,7 +278,10 @@ class _LayerAccumulator:
             text = ctx.position_slot[lo : lo + step] < self.seq_len
             self.unigrams.add(ctx.tokens[lo : lo + step], text, active)
             if self.examples is not None:
-                self.examples.add(chunk, ctx.row_seq[lo : lo + step], ctx.row_pos[lo : lo + step])
+                batch = (acts, ctx.tokens, lo, self.seq_len)
+                self.examples.add(
+                    chunk, ctx.row_seq[lo : lo + step], ctx.row_pos[lo : lo + step], batch
+                )
             for cols, by_order in blocks:
                 planned = active if cols is None else active[:, cols]
                 for n, block in by_order.items():
@@ -374,7 +377,7 @@ class _LayerAccumulator:
 
     def counts(self) -> LayerCounts:
         tables = {1: self.unigrams.table(), **{n: c.table() for n, c in self.ngrams.items()}}
-        values, seqs, poss, hist = (None,) * 4 if self.examples is None else self.examples.tables()
+        top, hist = (None, None) if self.examples is None else self.examples.tables()
         return LayerCounts(
             active=self.active.cpu(),
             active_text=self.active_text.cpu(),
@@ -385,9 +388,11 @@ class _LayerAccumulator:
             else {n: m.cpu() for n, m in self.complete.items()},
             tail=None if self.tail is None else {n: t.cpu() for n, t in self.tail.items()},
             plan=None if self.plan is None else self.plan.cpu(),
-            top_values=values,
-            top_seq=seqs,
-            top_pos=poss,
+            top_values=None if top is None else top.values,
+            top_seq=None if top is None else top.seqs,
+            top_pos=None if top is None else top.poss,
+            top_window_acts=None if top is None else top.window_acts,
+            top_window_ids=None if top is None else top.window_ids,
             hist=hist,
         )
 
@@ -407,6 +412,9 @@ class ProfileBuilder:
         top_k: Keep each neuron's ``top_k`` largest activations with their sequence and
             position (``examples.py``); 0 keeps none.
         histogram: Keep each neuron's activation histogram (``examples.py``).
+        window: ``(before, after)``: keep each top activation's context, the tokens and the
+            neuron's activations from ``before`` positions before it to ``after`` after
+            (``examples.py``); None keeps none.
         first_row, row_stride: The sequence index, in the tokens the profile refers to, of the
             first row this builder sees, and the step between its rows (``nk.record``'s ranks
             record every ``world_size``-th row).
@@ -427,6 +435,7 @@ class ProfileBuilder:
         bos_token_id: int = 2,
         top_k: int = 0,
         histogram: bool = False,
+        window: tuple[int, int] | None = None,
         first_row: int = 0,
         row_stride: int = 1,
         token_strings: list[str] | None = None,
@@ -444,6 +453,7 @@ class ProfileBuilder:
         self.plan = plan
         self.bos_token_id = bos_token_id
         self.top_k, self.histogram = check_top_k(top_k), bool(histogram)
+        self.window = check_window(window) if self.top_k else None
         self.first_row, self.row_stride = first_row, row_stride
         self.token_strings = token_strings or [f"<{i}>" for i in range(d_vocab)]
         self.meta = dict(meta or {})
@@ -483,7 +493,9 @@ class ProfileBuilder:
         for layer in self.layers:
             cols = None if self.plan is None else self.plan[layer].to(device).nonzero().squeeze(1)
             examples = (
-                TopActivations(self.d_mlp, self.top_k, self.histogram, self.threshold, device)
+                TopActivations(
+                    self.d_mlp, self.top_k, self.histogram, self.threshold, device, self.window
+                )
                 if self.top_k or self.histogram
                 else None
             )
@@ -580,6 +592,7 @@ class ProfileBuilder:
             ngram_max=self.ngram_max,
             ngram_cap=self.ngram_cap,
             top_k=self.top_k,
+            window=self.window,
             threshold=self.threshold,
             bos_token_id=self.bos_token_id,
             n_seqs=self.n_seqs,
@@ -598,6 +611,28 @@ def check_top_k(top_k: object) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise NeuronKindsError(f"top_k must be an integer >= 0, got {top_k!r}")
     return top_k
+
+
+#: The context kept with each top activation by default (``record``, ``NeuronRecorder``):
+#: 12 tokens before it and 4 after, what ``show_neuron`` shows.
+WINDOW = (12, 4)
+#: Widest context window kept (``before + 1 + after`` positions).
+MAX_WINDOW = 257
+
+
+def check_window(window: object) -> tuple[int, int] | None:
+    """``window`` as ``(before, after)`` ints >= 0, None, or a NeuronKindsError."""
+    if window is None:
+        return None
+    if isinstance(window, tuple | list) and len(window) == 2:
+        before, after = window
+        numbers = [w for w in (before, after) if isinstance(w, int) and not isinstance(w, bool)]
+        if len(numbers) == 2 and min(numbers) >= 0 and sum(numbers) + 1 <= MAX_WINDOW:
+            return numbers[0], numbers[1]
+    raise NeuronKindsError(
+        f"window must be None or (before, after), integers >= 0 spanning at most {MAX_WINDOW} "
+        f"positions, got {window!r}"
+    )
 
 
 def _check_plan(plan: Plan, layers: list[int], d_mlp: int) -> None:
@@ -622,6 +657,7 @@ def profile_from_activations(
     bos_token_id: int = 2,
     top_k: int = 0,
     histogram: bool = False,
+    window: tuple[int, int] | None = None,
     token_strings: list[str] | None = None,
     meta: dict | None = None,
 ) -> NeuronProfile:
@@ -645,6 +681,7 @@ def profile_from_activations(
         bos_token_id=bos_token_id,
         top_k=top_k,
         histogram=histogram,
+        window=window,
         token_strings=token_strings,
         meta=meta,
     )

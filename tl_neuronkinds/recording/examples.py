@@ -9,6 +9,10 @@ need no second pass over the tokens (issue 8, §2):
   the rows of the tokens the profile refers to (for ``nk.record``: the ``tokens`` it was given;
   for a ``NeuronRecorder``: its forwards' rows in the order they ran; for a merge: see
   ``NeuronProfile.merge``).
+- **Context windows.** Where asked (``window=(before, after)``), each kept activation carries
+  its context: the tokens at positions ``pos - before .. pos + after`` of its row and the
+  neuron's activation at each (``-1`` and NaN outside the row), gathered from the forward that
+  produced it. Contexts then need no second forward, and not even the tokens.
 - **Histogram.** Per neuron, its active values counted in fixed bins: bin 0 holds the values
   below ``2**HIST_LOW``, bin ``b`` (1 <= b < HIST_BINS - 1) the values in
   ``[2**(HIST_LOW + (b-1)/HIST_PER_OCTAVE), 2**(HIST_LOW + b/HIST_PER_OCTAVE))`` and the last
@@ -20,7 +24,7 @@ value kept so far (rows arrive in increasing ``seq``, so an equal value later lo
 after the first batches that filter passes a handful of positions per neuron.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,6 +51,62 @@ def histogram_bins(values: Float[torch.Tensor, " n"]) -> Int[torch.Tensor, " n"]
     return torch.bucketize(values.float(), edges, right=True)
 
 
+class TopTable(NamedTuple):
+    """Each neuron's kept top activations, ``[d_mlp, k]`` padded with ``-inf`` / ``EMPTY``, and
+    where kept their context windows ``[d_mlp, k, before + 1 + after]`` (NaN / ``EMPTY``)."""
+
+    values: Float[torch.Tensor, "d_mlp k"]
+    seqs: Int[torch.Tensor, "d_mlp k"]
+    poss: Int[torch.Tensor, "d_mlp k"]
+    window_acts: Float[torch.Tensor, "d_mlp k w"] | None = None
+    window_ids: Int[torch.Tensor, "d_mlp k w"] | None = None
+
+    def filled(self) -> list[torch.Tensor]:
+        """The kept entries as flat columns: neuron, value, seq, pos and, where kept, the
+        window activations and ids (``from_columns`` takes them back)."""
+        filled = self.seqs != EMPTY
+        columns = [filled.nonzero()[:, 0], self.values[filled], self.seqs[filled]]
+        columns.append(self.poss[filled])
+        if self.window_acts is not None and self.window_ids is not None:
+            columns += [self.window_acts[filled], self.window_ids[filled]]
+        return columns
+
+    @staticmethod
+    def from_columns(columns: list[torch.Tensor], d_mlp: int, k: int) -> "TopTable":
+        """The top ``k`` per neuron of entries given as ``filled``'s columns."""
+        acts, ids = (columns[4], columns[5]) if len(columns) == 6 else (None, None)
+        return top_entries(columns[0], columns[1], columns[2], columns[3], d_mlp, k, acts, ids)
+
+    def at(self, index: Int[torch.Tensor, " m"]) -> "TopTable":
+        """The tables of neurons ``index`` (copies)."""
+        acts, ids = self.window_acts, self.window_ids
+        return TopTable(
+            self.values[index],
+            self.seqs[index],
+            self.poss[index],
+            None if acts is None else acts[index],
+            None if ids is None else ids[index],
+        )
+
+    def put(self, index: Int[torch.Tensor, " m"], rows: "TopTable") -> None:
+        """Write ``rows`` (from ``at(index)``, re-ranked) back into rows ``index``, in place."""
+        self.values[index], self.seqs[index], self.poss[index] = rows.values, rows.seqs, rows.poss
+        if self.window_acts is not None and rows.window_acts is not None:
+            self.window_acts[index] = rows.window_acts
+        if self.window_ids is not None and rows.window_ids is not None:
+            self.window_ids[index] = rows.window_ids
+
+    def cpu(self) -> "TopTable":
+        acts, ids = self.window_acts, self.window_ids
+        return TopTable(
+            self.values.cpu(),
+            self.seqs.cpu(),
+            self.poss.cpu(),
+            None if acts is None else acts.cpu(),
+            None if ids is None else ids.cpu(),
+        )
+
+
 def top_entries(
     neuron: Int[torch.Tensor, " m"],
     value: Float[torch.Tensor, " m"],
@@ -54,61 +114,93 @@ def top_entries(
     pos: Int[torch.Tensor, " m"],
     d_mlp: int,
     k: int,
-) -> tuple[
-    Float[torch.Tensor, "d_mlp k"], Int[torch.Tensor, "d_mlp k"], Int[torch.Tensor, "d_mlp k"]
-]:
-    """Each neuron's first ``k`` entries by (value descending, seq, pos), as ``[d_mlp, k]``
-    tables padded with ``-inf`` / ``EMPTY``."""
+    window_acts: Float[torch.Tensor, "m w"] | None = None,
+    window_ids: Int[torch.Tensor, "m w"] | None = None,
+) -> TopTable:
+    """Each neuron's first ``k`` entries by (value descending, seq, pos), with their windows
+    where given."""
     device = value.device
     values = torch.full((d_mlp, k), float("-inf"), device=device)
     seqs = torch.full((d_mlp, k), EMPTY, dtype=torch.int64, device=device)
     poss = torch.full((d_mlp, k), EMPTY, dtype=torch.int64, device=device)
+    acts_w = ids_w = None
+    if window_acts is not None and window_ids is not None:
+        width = window_acts.shape[1]
+        acts_w = torch.full((d_mlp, k, width), float("nan"), device=device)
+        ids_w = torch.full((d_mlp, k, width), EMPTY, dtype=torch.int64, device=device)
     if neuron.numel() == 0:
-        return values, seqs, poss
+        return TopTable(values, seqs, poss, acts_w, ids_w)
     # Three stable sorts, least significant key first: (seq, pos), then value, then neuron.
     order = torch.argsort(pos, stable=True)
     order = order[torch.argsort(seq[order], stable=True)]
     order = order[torch.argsort(value[order], descending=True, stable=True)]
     order = order[torch.argsort(neuron[order], stable=True)]
-    neuron, value, seq, pos = neuron[order], value[order], seq[order], pos[order]
+    neuron = neuron[order]
     per_neuron = torch.bincount(neuron, minlength=d_mlp)
     starts = torch.cumsum(per_neuron, 0) - per_neuron
     rank = torch.arange(neuron.numel(), device=device) - starts[neuron]
     keep = rank < k
+    chosen = order[keep]
     slot = (neuron[keep], rank[keep])
-    values[slot], seqs[slot], poss[slot] = value[keep], seq[keep], pos[keep]
-    return values, seqs, poss
+    values[slot], seqs[slot], poss[slot] = value[chosen], seq[chosen], pos[chosen]
+    if acts_w is not None and ids_w is not None:
+        assert window_acts is not None and window_ids is not None
+        acts_w[slot], ids_w[slot] = window_acts[chosen], window_ids[chosen]
+    return TopTable(values, seqs, poss, acts_w, ids_w)
 
 
-def merge_top(
-    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The top-``k`` of several ``(values, seqs, poss)`` tables of one layer, exactly."""
-    d_mlp = parts[0][0].shape[0]
-    neuron, value, seq, pos = [], [], [], []
-    for values, seqs, poss in parts:
-        filled = seqs != EMPTY
-        neuron.append(filled.nonzero()[:, 0])
-        value.append(values[filled])
-        seq.append(seqs[filled])
-        pos.append(poss[filled])
-    return top_entries(
-        torch.cat(neuron), torch.cat(value), torch.cat(seq), torch.cat(pos), d_mlp, k
-    )
+def merge_top(parts: list[TopTable], k: int) -> TopTable:
+    """The top-``k`` of several tables of one layer, exactly (windows kept where every part
+    has them)."""
+    d_mlp = parts[0].values.shape[0]
+    flat = [part.filled() for part in parts]
+    width = min(len(f) for f in flat)
+    return TopTable.from_columns([torch.cat([f[i] for f in flat]) for i in range(width)], d_mlp, k)
+
+
+def window_of(
+    rows: Float[torch.Tensor, "rows d_mlp"],
+    tokens: Int[torch.Tensor, " rows"],
+    row: Int[torch.Tensor, " m"],
+    neuron: Int[torch.Tensor, " m"],
+    pos: Int[torch.Tensor, " m"],
+    seq_len: int,
+    window: tuple[int, int],
+) -> tuple[Float[torch.Tensor, "m w"], Int[torch.Tensor, "m w"]]:
+    """The context windows of entries at flat ``row`` (of ``rows``, whole sequences of
+    ``seq_len`` laid end to end) of ``neuron``: the neuron's activations and the tokens at
+    ``pos - before .. pos + after``, NaN / ``EMPTY`` outside the sequence."""
+    before, after = window
+    shift = torch.arange(-before, after + 1, device=rows.device)
+    inside = (pos[:, None] + shift >= 0) & (pos[:, None] + shift < seq_len)
+    at = torch.where(inside, row[:, None] + shift, row[:, None])
+    acts = rows[at, neuron[:, None].expand_as(at)].float()
+    acts = torch.where(inside, acts, torch.full_like(acts, float("nan")))
+    ids = torch.where(inside, tokens[at].to(torch.int64), EMPTY)
+    return acts, ids
 
 
 class TopActivations:
-    """Streaming top-k activations (and, where asked, the histogram) of every neuron of one
-    layer, on the device (see the module docstring)."""
+    """Streaming top-k activations (with, where asked, their context windows) and histogram of
+    every neuron of one layer, on the device (see the module docstring)."""
 
     def __init__(
-        self, d_mlp: int, k: int, histogram: bool, threshold: float, device: torch.device
+        self,
+        d_mlp: int,
+        k: int,
+        histogram: bool,
+        threshold: float,
+        device: torch.device,
+        window: tuple[int, int] | None = None,
     ) -> None:
         self.d_mlp, self.k, self.threshold = d_mlp, k, threshold
+        self.window = window if k else None
         empty = torch.zeros(0, dtype=torch.int64, device=device)
-        self.values, self.seqs, self.poss = top_entries(
-            empty, empty.float(), empty, empty, d_mlp, k
-        )
+        columns = [empty, empty.float(), empty, empty]
+        if self.window is not None:
+            width = sum(self.window) + 1
+            columns += [torch.zeros(0, width, device=device), empty.view(0, 1).repeat(1, width)]
+        self.top = TopTable.from_columns(columns, d_mlp, k)
         self.hist = (
             torch.zeros(d_mlp * HIST_BINS, dtype=torch.int64, device=device) if histogram else None
         )
@@ -121,8 +213,14 @@ class TopActivations:
         acts: Float[torch.Tensor, "rows d_mlp"],
         seq: Int[torch.Tensor, " rows"],
         pos: Int[torch.Tensor, " rows"],
+        batch: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
     ) -> None:
-        """Count a chunk of rows (their ``seq`` not below any seen before)."""
+        """Count a chunk of rows (their ``seq`` not below any seen before).
+
+        ``batch``: where windows are kept, ``(rows, tokens, offset, seq_len)``: the whole
+        batch's activations ``[batch * seq_len, d_mlp]`` and tokens, and the chunk's first row
+        in them (a window may reach outside the chunk).
+        """
         if self.hist is not None:
             row, neuron = (acts > self.threshold).nonzero(as_tuple=True)
             self.hist += torch.bincount(
@@ -140,31 +238,35 @@ class TopActivations:
         # Within the chunk, a neuron's entrants are among its k largest (ties included).
         kth = torch.topk(sub, min(self.k, sub.shape[0]), dim=0).values[-1]
         row, col = ((sub > floor) & (sub >= kth)).nonzero(as_tuple=True)
-        filled = self.seqs != EMPTY
-        self.values, self.seqs, self.poss = top_entries(
-            torch.cat([filled.nonzero()[:, 0], touched[col]]),
-            torch.cat([self.values[filled], sub[row, col].float()]),
-            torch.cat([self.seqs[filled], seq[row]]),
-            torch.cat([self.poss[filled], pos[row]]),
-            self.d_mlp,
-            self.k,
-        )
-        full = self.seqs[:, -1] != EMPTY
-        self._floor = torch.where(full, self.values[:, -1], self._floor)
+        neuron = touched[col]
+        # Only the neurons with entrants change: their kept entries and the entrants are
+        # ranked together, numbered 0..len(affected)-1, and written back.
+        affected, local = torch.unique(neuron, return_inverse=True)
+        new = [local, sub[row, col].float(), seq[row], pos[row]]
+        if self.window is not None:
+            if batch is None:
+                raise NeuronKindsError("context windows need the whole batch (batch=...)")
+            rows, tokens, offset, seq_len = batch
+            new += window_of(rows, tokens, offset + row, neuron, pos[row], seq_len, self.window)
+        columns = [
+            torch.cat(pair) for pair in zip(self.top.at(affected).filled(), new, strict=True)
+        ]
+        after = TopTable.from_columns(columns, affected.numel(), self.k)
+        self.top.put(affected, after)
+        full = after.seqs[:, -1] != EMPTY
+        self._floor[affected] = torch.where(full, after.values[:, -1], self._floor[affected])
 
-    def tables(
-        self,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """(values, seqs, positions, histogram) on the CPU; None for what is not kept."""
+    def tables(self) -> tuple[TopTable | None, torch.Tensor | None]:
+        """(the top-k table, the histogram ``[d_mlp, HIST_BINS]``) on the CPU; None for what is
+        not kept."""
         hist = None if self.hist is None else self.hist.view(self.d_mlp, HIST_BINS).cpu()
-        if self.k == 0:
-            return None, None, None, hist
-        return self.values.cpu(), self.seqs.cpu(), self.poss.cpu(), hist
+        return (self.top.cpu() if self.k else None), hist
 
     @property
     def nbytes(self) -> int:
         hist = 0 if self.hist is None else self.hist.numel() * 8
-        return self.values.numel() * 20 + hist
+        windows = 0 if self.top.window_acts is None else self.top.window_acts.numel() * 12
+        return self.top.values.numel() * 20 + windows + hist
 
 
 # ------------------------------------------------------------------------------- reading them
@@ -241,7 +343,7 @@ CONTEXT_BATCH = 32
 def max_activating_contexts(
     model: Any,
     profile: Any,
-    tokens: Int[torch.Tensor, "n_seq pos"],
+    tokens: Int[torch.Tensor, "n_seq pos"] | None,
     layer: int,
     neuron: int,
     k: int | None = None,
@@ -250,15 +352,19 @@ def max_activating_contexts(
 ) -> pd.DataFrame:
     """The contexts of a neuron's top activations, with its activation at every token of each.
 
-    The positions come from the profile (no pass over the corpus); the activations around them
-    from one forward over just those rows, up to ``layer``, which also checks that ``tokens``
-    are those the profile was recorded on. For many neurons at once, ``contexts_of``.
+    The positions come from the profile (no pass over the corpus). Where the profile kept
+    context windows at least ``before`` / ``after`` wide (``record(..., window=...)``), the
+    contexts come from it alone: ``tokens`` are then optional and, given, checked against
+    it. Otherwise the activations come from one forward over just the rows of the contexts, up
+    to ``layer``, which also checks that ``tokens`` are those the profile was recorded on. For
+    many neurons at once, ``contexts_of``.
 
     Args:
-        model: The profile's model.
+        model: The profile's model (checked against it; may be None where the profile's windows
+            suffice).
         profile: A profile recorded with ``top_k > 0``.
         tokens: The tokens the profile was recorded on (for a merged profile: the parts'
-            tokens concatenated in the order merged).
+            tokens concatenated in the order merged), or None where its windows suffice.
         layer, neuron: The neuron.
         k: How many contexts (default: all kept).
         before, after: Tokens shown before and after the activating one.
@@ -270,31 +376,43 @@ def max_activating_contexts(
 
     Raises:
         NeuronKindsError: No top activations kept, ``tokens`` of another shape or content than
-            the profile's, a layer or neuron not in the profile, or the model not the profile's.
+            the profile's (or none where they are needed), a layer or neuron not in the
+            profile, or the model not the profile's.
     """
     return contexts_of(model, profile, tokens, [(layer, neuron)], k, before, after)[(layer, neuron)]
+
+
+def windows_cover(profile: Any, before: int, after: int) -> bool:
+    """Whether the profile's context windows hold ``before`` / ``after`` tokens around each top
+    activation (so that contexts need neither a forward nor the tokens)."""
+    window = getattr(profile, "window", None)
+    return profile.top_k > 0 and window is not None and before <= window[0] and after <= window[1]
 
 
 def contexts_of(
     model: Any,
     profile: Any,
-    tokens: Int[torch.Tensor, "n_seq pos"],
+    tokens: Int[torch.Tensor, "n_seq pos"] | None,
     neurons: list[tuple[int, int]],
     k: int | None = None,
     before: int = 12,
     after: int = 4,
 ) -> dict[tuple[int, int], pd.DataFrame]:
-    """``max_activating_contexts`` of several neurons, from one pass over the rows they need.
+    """``max_activating_contexts`` of several neurons: ``{(layer, neuron): contexts}``.
 
-    Each row any of them needs is forwarded once, only as far as its last context reaches
+    From the profile's windows where they are wide enough; otherwise from one pass over the
+    rows the contexts need: each row forwarded once, only as far as its last context reaches
     (``pos + after``: the model is causal, so the activations before are those of the whole
-    row) and only up to the highest layer asked for, with every neuron's activations kept from
-    that same forward. Returns ``{(layer, neuron): contexts}`` (see ``max_activating_contexts``).
+    row) and only up to the highest layer asked for.
     """
     from tl_neuronkinds.recording.identity import check_same_model
 
-    check_same_model(model, profile)
-    if tuple(tokens.shape) != (profile.n_seqs, profile.seq_len):
+    for name, value in (("before", before), ("after", after)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise NeuronKindsError(f"{name} must be an integer >= 0, got {value!r}")
+    if model is not None:
+        check_same_model(model, profile)
+    if tokens is not None and tuple(tokens.shape) != (profile.n_seqs, profile.seq_len):
         raise NeuronKindsError(
             f"tokens of shape {tuple(tokens.shape)} are not those the profile was recorded on "
             f"({profile.n_seqs} x {profile.seq_len})"
@@ -303,11 +421,74 @@ def contexts_of(
     for layer, neuron in neurons:
         top = top_activations(profile, layer, neuron)
         tops[(layer, neuron)] = top if k is None else top[top["rank"] < k]
+    window = profile.window
+    if windows_cover(profile, before, after):
+        contexts = {
+            key: _window_contexts(profile, top, key, before, after) for key, top in tops.items()
+        }
+        if tokens is not None:
+            _check_windows(tokens, contexts)
+        return contexts
+    if tokens is None:
+        kept = "no context windows" if window is None else f"windows of {window[0]} + {window[1]}"
+        raise NeuronKindsError(
+            f"this profile kept {kept} around its top activations, fewer than the "
+            f"{before} + {after} asked: pass the tokens it was recorded on"
+        )
+    if model is None:
+        raise NeuronKindsError("these contexts need a forward: pass the profile's model")
     entries = pd.concat([t for t in tops.values() if not t.empty] or [pd.DataFrame()])
     acts = {} if entries.empty else _activations(model, tokens, entries, after)
     return {
         key: _contexts(profile, tokens, top, acts, key, before, after) for key, top in tops.items()
     }
+
+
+def _record(profile: Any, entry: Any, ids: list[int], acts: list[float], center: int) -> dict:
+    return {
+        "rank": entry.rank,
+        "value": float(entry.value),
+        "seq": int(entry.seq),
+        "pos": int(entry.pos),
+        "token_ids": ids,
+        "tokens": [profile.token_strings[i] for i in ids],
+        "activations": acts,
+        "center": center,
+    }
+
+
+def _window_contexts(
+    profile: Any, top: pd.DataFrame, key: tuple[int, int], before: int, after: int
+) -> pd.DataFrame:
+    """One neuron's contexts from the windows its profile kept (trimmed to before / after)."""
+    layer, neuron = key
+    counts = profile.counts[layer]
+    first = profile.window[0] - before
+    records = []
+    for entry in top.itertuples(index=False):
+        ids = counts.top_window_ids[neuron, entry.rank, first : first + before + 1 + after]
+        acts = counts.top_window_acts[neuron, entry.rank, first : first + before + 1 + after]
+        inside = ids != EMPTY
+        start = int(inside.int().argmax())
+        records.append(
+            _record(profile, entry, ids[inside].tolist(), acts[inside].tolist(), before - start)
+        )
+    return pd.DataFrame.from_records(records, columns=CONTEXT_COLUMNS)
+
+
+def _check_windows(
+    tokens: Int[torch.Tensor, "n_seq pos"], contexts: dict[tuple[int, int], pd.DataFrame]
+) -> None:
+    """The tokens must hold each window's tokens where the profile says they were."""
+    for key, table in contexts.items():
+        for c in table.itertuples(index=False):
+            lo = c.pos - c.center
+            if tokens[c.seq, lo : lo + len(c.token_ids)].tolist() != c.token_ids:
+                raise NeuronKindsError(
+                    f"row {c.seq} of these tokens differs from the context neuron {key} was "
+                    f"recorded in at position {c.pos}: these are not the tokens the profile "
+                    "was recorded on"
+                )
 
 
 def _contexts(
@@ -332,18 +513,7 @@ def _contexts(
             )
         lo, hi = max(0, entry.pos - before), min(profile.seq_len, entry.pos + after + 1)
         ids = tokens[entry.seq, lo:hi].tolist()
-        records.append(
-            {
-                "rank": entry.rank,
-                "value": float(entry.value),
-                "seq": int(entry.seq),
-                "pos": int(entry.pos),
-                "token_ids": ids,
-                "tokens": [profile.token_strings[i] for i in ids],
-                "activations": row[lo:hi].tolist(),
-                "center": entry.pos - lo,
-            }
-        )
+        records.append(_record(profile, entry, ids, row[lo:hi].tolist(), entry.pos - lo))
     return pd.DataFrame.from_records(records, columns=CONTEXT_COLUMNS)
 
 

@@ -19,7 +19,10 @@ declared once, in the dataclasses below (``_role``):
 - ``top_k``: in ``profile.json``, how many top activations per neuron were kept; a merge keeps
   the smallest.
 - ``examples``: per layer, the top-k activations ``[d_mlp, k]`` with their sequence and position
-  (``examples.py``), None where not kept; merged exactly (the top-k of the parts' top-k).
+  and, where kept, their context windows ``[d_mlp, k, w]`` (``examples.py``), None where not
+  kept; merged exactly (the top-k of the parts' top-k).
+- ``examples_window``: the windows' ``(before, after)`` in ``profile.json``, None where none
+  were kept; a merge keeps the windows where every part kept the same ones.
 - ``optional_counts``: a tensor that may be absent (the activation histogram); summed by a merge
   where every part has it.
 
@@ -27,15 +30,17 @@ Per recorded layer (``LayerCounts``): ``active`` / ``active_text`` (active posit
 over all positions and over text positions, §3), ``pos_active`` (``[seq_len, d_mlp]`` active
 counts at p over the sequences whose token at p is text, §5), ``ngrams[n]`` (the table of
 ``c_g(l, i)`` keyed ``g * d_mlp + i``, §4), ``complete`` / ``tail``, ``plan``, and where kept the
-top-k activations (``top_values`` / ``top_seq`` / ``top_pos``) and the histogram ``hist``.
+top-k activations (``top_values`` / ``top_seq`` / ``top_pos``, with their context windows
+``top_window_acts`` / ``top_window_ids``) and the histogram ``hist``.
 Profile-wide: n-gram occurrences ``o_g``, the sequences with a text token at each position,
 totals, the tokenizer's string for each id and provenance metadata.
 
-On disk (format 3): ``counts.safetensors`` holds every integer tensor in the narrowest integer
-type that holds its values (read back as int64) and the top-k values as float32;
-``profile.json`` holds the rest and the SHA-256 of ``counts.safetensors``, checked on load.
-Format 2 profiles (before top-k and histograms) load with neither; format 1 profiles (before
-the n-gram cap) load as exhaustive ones (every neuron complete).
+On disk (format 4): ``counts.safetensors`` holds every integer tensor in the narrowest integer
+type that holds its values (read back as int64) and the top-k values and window activations as
+float32; ``profile.json`` holds the rest and the SHA-256 of ``counts.safetensors``, checked on
+load. Format 3 profiles (before context windows) load without windows; format 2 profiles
+(before top-k and histograms) with neither; format 1 profiles (before the n-gram cap) as
+exhaustive ones (every neuron complete).
 """
 
 import copy
@@ -54,11 +59,11 @@ from safetensors.torch import load_file, save_file
 
 from tl_neuronkinds.atomic import atomic_dir, follow_umask
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.recording.examples import merge_top
+from tl_neuronkinds.recording.examples import TopTable, merge_top
 from tl_neuronkinds.recording.keys import Table, merge_tables
 
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+_READABLE_VERSIONS = (1, 2, 3, 4)
 _COUNTS_FILE = "counts.safetensors"
 _META_FILE = "profile.json"
 _HASH_BLOCK = 1 << 23
@@ -90,6 +95,10 @@ class LayerCounts:
     top_values: Float[torch.Tensor, "d_mlp k"] | None = _role("examples", default=None)
     top_seq: Int[torch.Tensor, "d_mlp k"] | None = _role("examples", default=None)
     top_pos: Int[torch.Tensor, "d_mlp k"] | None = _role("examples", default=None)
+    # Each top activation's context (the profile's ``window``): the neuron's activations and the
+    # tokens at pos - before .. pos + after of its row, NaN / -1 outside the row.
+    top_window_acts: Float[torch.Tensor, "d_mlp k w"] | None = _role("examples", default=None)
+    top_window_ids: Int[torch.Tensor, "d_mlp k w"] | None = _role("examples", default=None)
     # Each neuron's active values in the fixed bins of ``examples.HIST_EDGES``.
     hist: Int[torch.Tensor, "d_mlp bins"] | None = _role("optional_counts", default=None)
 
@@ -105,6 +114,7 @@ class NeuronProfile:
         ngram_cap: The n-gram cap (SPEC.md): n >= 2 counts are kept for the neurons that can
             have ``k95_n <= ngram_cap``; None: for every neuron.
         top_k: Top activations kept per neuron (0: none; ``examples.py``).
+        window: ``(before, after)`` of the context windows kept around them; None: none.
         n_seqs, n_positions, n_text_positions: Totals seen.
         occurrences: n -> sorted n-gram ids seen at text positions where the n-gram is
             defined, with their occurrences ``o_g`` (§4.2).
@@ -122,6 +132,7 @@ class NeuronProfile:
     ngram_max: int = _role("setting")
     ngram_cap: int | None = _role("cap")
     top_k: int = _role("examples_k")
+    window: tuple[int, int] | None = _role("examples_window")
     threshold: float = _role("setting")
     bos_token_id: int = _role("setting")
     n_seqs: int = _role("total")
@@ -186,7 +197,8 @@ class NeuronProfile:
             "d_mlp": f"{self.d_mlp:,}",
             "ngram_max": str(self.ngram_max),
             "ngram_cap": str(self.ngram_cap),
-            "top activations kept": str(self.top_k),
+            "top activations kept": str(self.top_k)
+            + ("" if self.window is None else f" (context {self.window[0]} + {self.window[1]})"),
             f"neurons with complete {n}-gram counts": kept,
             "size": f"{self.nbytes / 2**20:,.1f} MiB",
         }
@@ -217,7 +229,9 @@ class NeuronProfile:
                 "sha256": {_COUNTS_FILE: _sha256(tmp / _COUNTS_FILE)},
                 **{
                     f.name: getattr(self, f.name)
-                    for f in _fields(self, "setting", "cap", "examples_k", "total")
+                    for f in _fields(
+                        self, "setting", "cap", "examples_k", "examples_window", "total"
+                    )
                 },
                 "meta": self.meta,
                 "token_strings": self.token_strings,
@@ -312,7 +326,13 @@ def _fields(obj: Any, *roles: str) -> list[Any]:
 
 
 def _merge_parts(
-    cls: Any, parts: list[Any], cap: int | None = None, *, offsets: list[int], top_k: int = 0
+    cls: Any,
+    parts: list[Any],
+    cap: int | None = None,
+    *,
+    offsets: list[int],
+    top_k: int = 0,
+    window: tuple[int, int] | None = None,
 ) -> Any:
     """Merge same-type dataclasses field by field, by each field's role (``offsets``: each
     part's shift of the top activations' ``seq``)."""
@@ -322,6 +342,8 @@ def _merge_parts(
         caps = [p.ngram_cap for p in parts if p.ngram_cap is not None]
         cap = min(caps) if caps else None
         top_k = min(p.top_k for p in parts)
+        windows = {p.window for p in parts}
+        window = windows.pop() if len(windows) == 1 and top_k else None
     for f in fields(cls):
         values = [getattr(p, f.name) for p in parts]
         role = f.metadata["role"]
@@ -331,6 +353,8 @@ def _merge_parts(
             out[f.name] = cap
         elif role == "examples_k":
             out[f.name] = top_k
+        elif role == "examples_window":
+            out[f.name] = window
         elif role == "optional_counts":
             present = all(v is not None for v in values)
             out[f.name] = torch.stack(values).sum(0) if present else None
@@ -346,28 +370,37 @@ def _merge_parts(
         elif role == "layers":
             out[f.name] = {
                 layer: _merge_parts(
-                    LayerCounts, [v[layer] for v in values], cap, offsets=offsets, top_k=top_k
+                    LayerCounts,
+                    [v[layer] for v in values],
+                    cap,
+                    offsets=offsets,
+                    top_k=top_k,
+                    window=window,
                 )
                 for layer in first.layers
             }
     if cls is LayerCounts:
         out.update(_merge_ngrams(parts, cap))
-        out.update(_merge_examples(parts, offsets, top_k))
+        out.update(_merge_examples(parts, offsets, top_k, window is not None))
     return cls(**out)
 
 
-def _merge_examples(parts: list[LayerCounts], offsets: list[int], k: int) -> dict[str, Any]:
-    """The merged top-``k`` activations of one layer's parts (their ``seq`` shifted)."""
+def _merge_examples(
+    parts: list[LayerCounts], offsets: list[int], k: int, windows: bool
+) -> dict[str, Any]:
+    """The merged top-``k`` activations of one layer's parts (their ``seq`` shifted), with their
+    windows where ``windows``."""
+    names = ("top_values", "top_seq", "top_pos", "top_window_acts", "top_window_ids")
     if k == 0 or any(p.top_values is None for p in parts):
-        return {"top_values": None, "top_seq": None, "top_pos": None}
+        return dict.fromkeys(names)
     tables = []
     for part, offset in zip(parts, offsets, strict=True):
         assert part.top_values is not None and part.top_seq is not None
         assert part.top_pos is not None
         seqs = torch.where(part.top_seq >= 0, part.top_seq + offset, part.top_seq)
-        tables.append((part.top_values, seqs, part.top_pos))
-    values, seqs, poss = merge_top(tables, k)
-    return {"top_values": values, "top_seq": seqs, "top_pos": poss}
+        kept = (part.top_window_acts, part.top_window_ids) if windows else (None, None)
+        tables.append(TopTable(part.top_values, seqs, part.top_pos, *kept))
+    return dict(zip(names, merge_top(tables, k), strict=True))
 
 
 def _merge_tables(tables: list[Table]) -> Table:
@@ -459,6 +492,9 @@ def _unflatten(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Neur
                 values[f.name] = header[f.name]
             elif role == "examples_k":
                 values[f.name] = int(header.get(f.name, 0))
+            elif role == "examples_window":
+                window = header.get(f.name)
+                values[f.name] = None if window is None else (int(window[0]), int(window[1]))
             elif role in ("examples", "optional_counts"):
                 values[f.name] = tensors.get(name)
             elif role == "counts":

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.recording.accumulate import check_top_k
+from tl_neuronkinds.recording.accumulate import WINDOW, check_top_k, check_window
 from tl_neuronkinds.recording.checkpoint import RunCheckpoint
 from tl_neuronkinds.recording.identity import model_identity
 from tl_neuronkinds.recording.plan import (
@@ -85,6 +85,7 @@ def record(
     checkpoint_every: int | None = None,
     top_k: int = 16,
     histogram: bool = False,
+    window: tuple[int, int] | None = WINDOW,
 ) -> NeuronProfile:
     """Run ``tokens`` through ``model`` in batches and return the NeuronProfile of its neurons.
 
@@ -115,6 +116,10 @@ def record(
             keeps none.
         histogram: Keep each neuron's activation histogram (``nk.activation_histogram``;
             on a CPU it costs about as much as the rest of the counting).
+        window: ``(before, after)``: with each top activation keep its context, the tokens and
+            the neuron's activations from ``before`` positions before it to ``after`` after, so
+            that contexts need neither a forward nor the tokens (memory: layers x d_mlp x
+            top_k x (before + 1 + after) x 12 bytes); None keeps none.
 
     Returns:
         The NeuronProfile; ``meta["passes"]`` has each pass's tokens and seconds and
@@ -124,7 +129,15 @@ def record(
     cap = check_cap(ngram_cap)
     layers = check_layers(layers, model.cfg.n_layers)
     make = _RecorderFactory(
-        model, layers, threshold, ngram_max, cap, bos_token_id, check_top_k(top_k), histogram
+        model,
+        layers,
+        threshold,
+        ngram_max,
+        cap,
+        bos_token_id,
+        check_top_k(top_k),
+        histogram,
+        check_window(window),
     )
     check_tokens(tokens, model, make.bos_token_id)
     rank, world_size = _world()
@@ -140,6 +153,7 @@ def record(
             "ngram_cap": cap,
             "top_k": top_k,
             "histogram": bool(histogram),
+            "window": make.window,
             "plan": None if plan is None else _plan_digest(plan),
             "world_size": world_size,
         }
@@ -311,10 +325,12 @@ class _RecorderFactory:
         bos_token_id: int | None,
         top_k: int,
         histogram: bool,
+        window: tuple[int, int] | None,
     ) -> None:
         self.model, self.layers, self.threshold = model, layers, threshold
         self.ngram_max, self.cap = ngram_max, cap
         self.top_k, self.histogram = top_k, histogram
+        self.window = window if top_k else None
         self.world_size = _world()[1]
         first = NeuronRecorder(model, layers, threshold, ngram_max, bos_token_id=bos_token_id)
         self.bos_token_id = first.bos_token_id
@@ -341,6 +357,7 @@ class _RecorderFactory:
             bos_token_id=self.bos_token_id,
             top_k=self.top_k if examples else 0,
             histogram=self.histogram and examples,
+            window=self.window,
             first_row=first_row,
             row_stride=self.world_size,
         )

@@ -28,7 +28,7 @@ from jaxtyping import Float
 from torch.utils.hooks import RemovableHandle
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.recording.accumulate import BatchContext, ProfileBuilder
+from tl_neuronkinds.recording.accumulate import WINDOW, BatchContext, ProfileBuilder
 from tl_neuronkinds.recording.identity import model_identity, token_strings
 from tl_neuronkinds.recording.plan import Plan, choose_plan
 from tl_neuronkinds.recording.profile import NeuronProfile
@@ -69,6 +69,8 @@ class NeuronRecorder:
         top_k: Keep each neuron's ``top_k`` largest activations with the sequence (the rows of
             the forwards, counted in the order they ran) and position (``examples.py``).
         histogram: Keep each neuron's activation histogram (``examples.py``).
+        window: ``(before, after)`` of the context kept with each top activation (its tokens
+            and the neuron's activations there, ``examples.py``); None keeps none.
         first_row, row_stride: The index of the first sequence this recorder sees, and the step
             between sequences, where its forwards are part of a larger token tensor
             (``nk.record`` uses them for its ranks and checkpoint intervals).
@@ -87,6 +89,7 @@ class NeuronRecorder:
         bos_token_id: int | None = None,
         top_k: int = 16,
         histogram: bool = False,
+        window: tuple[int, int] | None = WINDOW,
         first_row: int = 0,
         row_stride: int = 1,
     ) -> None:
@@ -121,6 +124,7 @@ class NeuronRecorder:
             bos_token_id=int(bos_token_id),
             top_k=top_k,
             histogram=histogram,
+            window=window,
             first_row=first_row,
             row_stride=row_stride,
             token_strings=token_strings(tokenizer, cfg.d_vocab),
