@@ -112,16 +112,18 @@ def test_an_interrupted_run_says_so_in_one_line_and_resumes(
 
 def test_top_k_and_histogram_reach_the_profile(checkpoint_dir, corpus_file, tmp_path) -> None:
     out = tmp_path / "h"
-    extra = ("--tokens", "128", "--top-k", "3", "--histogram", "--no-report")
+    extra = ("--tokens", "128", "--top-k", "3", "--histogram", "--window", "2,1", "--no-report")
     assert cli.main(_args(checkpoint_dir, corpus_file, out, *extra)) == 0
     profile = nk.NeuronProfile.load(out / "profile")
     assert profile.top_k == 3 and all(c.hist is not None for c in profile.counts.values())
+    assert profile.window == (2, 1) and profile.counts[0].top_window_ids.shape[-1] == 4
     hist = nk.activation_histogram(profile, 0)
     active = profile.counts[0].active.numpy()
     assert (hist.groupby("neuron")["count"].sum().to_numpy() == active).all()
     out0 = tmp_path / "none"
     assert cli.main(_args(checkpoint_dir, corpus_file, out0, "--tokens", "64", "--top-k", "0")) == 0
     assert nk.NeuronProfile.load(out0 / "profile").top_k == 0
+    assert nk.NeuronProfile.load(out0 / "profile").window is None
     assert (out0 / "report.html").exists()  # without contexts, and says so
 
 
@@ -134,6 +136,8 @@ def test_invalid_settings_write_nothing(checkpoint_dir, corpus_file, tmp_path, c
         (("--ngram-cap", "3"), "--ngram-cap"),
         (("--checkpoint-every", "0"), "--checkpoint-every"),
         (("--top-k", "-1"), "--top-k"),
+        (("--window", "3"), "--window"),
+        (("--window", "300,4"), "--window"),
     ):
         assert cli.main(_args(checkpoint_dir, corpus_file, out, *extra)) == 2
         assert message in _one_line_error(capsys)

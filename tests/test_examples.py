@@ -15,7 +15,7 @@ from profile_checks import assert_same
 from recording_reference import BOS, random_tokens, tiny_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.recording import accumulate
+from tl_neuronkinds.recording import accumulate, examples
 from tl_neuronkinds.recording.accumulate import ProfileBuilder
 from tl_neuronkinds.recording.examples import (
     HIST_BINS,
@@ -140,17 +140,20 @@ def test_top_k_and_histogram_equal_brute_force_however_batched(case) -> None:
     assert_same(builder.profile(), whole)
 
 
-def test_small_chunks_give_the_same_tables(monkeypatch) -> None:
-    """Many chunks per batch: the running floor must never let a later tie win."""
+@pytest.mark.parametrize("top_k", [1, 5, 40])
+def test_small_chunks_and_blocks_give_the_same_tables(monkeypatch, top_k) -> None:
+    """Many chunks and top-k updates per batch: the running floor must never let a later tie
+    win. k = 1 and 5 take the within-block top-k filter (many entrants), k = 40 does not."""
     rng = np.random.default_rng(5)
     tokens = torch.tensor(rng.integers(3, 9, size=(7, 11)))
     tokens[:, 0] = BOS
     acts = {0: rng.choice(np.float32([0.0, 0.25, 0.5, 4.0]), size=(7, 11, 6))}
     monkeypatch.setitem(accumulate._CHUNK_ELEMENTS, "cpu", 6 * 3)  # three rows per chunk
+    monkeypatch.setattr(examples, "TOP_BLOCK_ELEMENTS", 6 * 11)  # one sequence per update
     chunked = nk.profile_from_activations(
-        tokens, {0: torch.tensor(acts[0])}, d_vocab=9, top_k=5, histogram=True, window=(4, 5)
+        tokens, {0: torch.tensor(acts[0])}, d_vocab=9, top_k=top_k, histogram=True, window=(4, 5)
     )
-    assert_matches(chunked, acts, 5, tokens)  # windows reach across chunks
+    assert_matches(chunked, acts, top_k, tokens)  # windows reach across chunks and blocks
 
 
 def test_public_merge_shifts_rows_as_one_recording_over_the_concatenation() -> None:
@@ -216,8 +219,6 @@ def test_record_keeps_the_model_top_activations(tmp_path) -> None:
 def test_contexts_of_many_neurons_match_full_rows(monkeypatch) -> None:
     """One pass for several neurons of several layers (rows cut at the furthest context, in
     small batches) gives each the contexts a full forward of every row gives."""
-    from tl_neuronkinds.recording import examples
-
     monkeypatch.setattr(examples, "CONTEXT_BATCH", 3)
     model, tokens = tiny_model(), random_tokens(13, n_seq=11, seq_len=16)
     profile = nk.record(model, tokens, bos_token_id=BOS, progress=False, top_k=4)

@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         "--top-k", default="16", help="top activations kept per neuron, for contexts (0: none)"
     )
     prof.add_argument(
+        "--window",
+        default="12,4",
+        help="context kept with each top activation: BEFORE,AFTER tokens, or 'none'",
+    )
+    prof.add_argument(
         "--histogram", action="store_true", help="keep each neuron's activation histogram"
     )
     prof.add_argument(
@@ -158,6 +163,21 @@ def _cap(value: str) -> int | None:
     return _int("--ngram-cap", value, low=5)
 
 
+def _window(value: str) -> tuple[int, int] | None:
+    if value.lower() == "none":
+        return None
+    parts = value.split(",")
+    numbers = [_int("--window", part.strip(), low=0) for part in parts]
+    if len(numbers) != 2 or numbers[0] is None or numbers[1] is None:
+        raise NeuronKindsError(f"--window: expected BEFORE,AFTER or 'none', got {value!r}")
+    from tl_neuronkinds.recording.accumulate import check_window
+
+    try:
+        return check_window((numbers[0], numbers[1]))
+    except NeuronKindsError as err:
+        raise NeuronKindsError(f"--window: {err}") from None
+
+
 def _out_dir(value: str) -> Path:
     out = Path(value)
     if out.exists() and not out.is_dir():
@@ -176,6 +196,7 @@ def profile_command(args: argparse.Namespace) -> None:
     every = _int("--checkpoint-every", args.checkpoint_every)
     batch_size = _int("--batch-size", args.batch_size)
     top_k = _int("--top-k", args.top_k, low=0) or 0
+    window = _window(args.window)
     if not args.no_report:
         _require_report()
     rank, world_size = _init_distributed()
@@ -202,6 +223,7 @@ def profile_command(args: argparse.Namespace) -> None:
         "ngram_cap": cap,
         "top_k": top_k,
         "histogram": args.histogram,
+        "window": window,
         "world_size": world_size,
     }
     if rank == 0:
@@ -223,6 +245,7 @@ def profile_command(args: argparse.Namespace) -> None:
         checkpoint_every=every,
         top_k=top_k,
         histogram=args.histogram,
+        window=window,
     )
     if rank == 0:
         _save_tokens(out / _TOKENS_FILE, tokens)

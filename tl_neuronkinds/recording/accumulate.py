@@ -278,14 +278,13 @@ class _LayerAccumulator:
             text = ctx.position_slot[lo : lo + step] < self.seq_len
             self.unigrams.add(ctx.tokens[lo : lo + step], text, active)
             if self.examples is not None:
-                batch = (acts, ctx.tokens, lo, self.seq_len)
-                self.examples.add(
-                    chunk, ctx.row_seq[lo : lo + step], ctx.row_pos[lo : lo + step], batch
-                )
+                self.examples.add_histogram(chunk)
             for cols, by_order in blocks:
                 planned = active if cols is None else active[:, cols]
                 for n, block in by_order.items():
                     block.index_add_(0, ctx.groups[n].slot[lo : lo + step], planned)
+        if self.examples is not None:
+            self.examples.add_top(acts, ctx.tokens, ctx.row_seq, ctx.row_pos, self.seq_len)
         per_slot_int = per_slot.to(torch.int64)
         self.pos_active += per_slot_int[:-1].to(torch.int32)
         text_total = per_slot_int[:-1].sum(0)

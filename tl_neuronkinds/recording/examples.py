@@ -43,6 +43,10 @@ HIST_EDGES = 2.0 ** (
 HIST_BINS = HIST_EDGES.numel() + 1
 #: ``seq`` / ``pos`` of an empty top-k slot (a neuron active fewer than k times).
 EMPTY = -1
+#: Activations looked at per top-k update. Measured over 250k tokens of the embedded model
+#: (BENCHMARKS.md): 2**19 5.9 s, 2**22 4.9 s, 2**24 9.7 s, 2**26 12.1 s. Small blocks pay
+#: per-update overhead; large ones touch more neurons and copy a bigger ``[rows, touched]``.
+TOP_BLOCK_ELEMENTS = 1 << 22
 
 
 def histogram_bins(values: Float[torch.Tensor, " n"]) -> Int[torch.Tensor, " n"]:
@@ -208,46 +212,62 @@ class TopActivations:
         # threshold while fewer than k are kept.
         self._floor = torch.full((d_mlp,), float(threshold), device=device)
 
-    def add(
+    def add_histogram(self, acts: Float[torch.Tensor, "rows d_mlp"]) -> None:
+        """Count a chunk of rows' active values into the histogram (where kept)."""
+        if self.hist is None:
+            return
+        row, neuron = (acts > self.threshold).nonzero(as_tuple=True)
+        self.hist += torch.bincount(
+            neuron * HIST_BINS + histogram_bins(acts[row, neuron]), minlength=self.hist.numel()
+        )
+
+    def add_top(
         self,
-        acts: Float[torch.Tensor, "rows d_mlp"],
+        rows: Float[torch.Tensor, "rows d_mlp"],
+        tokens: Int[torch.Tensor, " rows"],
         seq: Int[torch.Tensor, " rows"],
         pos: Int[torch.Tensor, " rows"],
-        batch: tuple[torch.Tensor, torch.Tensor, int, int] | None = None,
+        seq_len: int,
     ) -> None:
-        """Count a chunk of rows (their ``seq`` not below any seen before).
-
-        ``batch``: where windows are kept, ``(rows, tokens, offset, seq_len)``: the whole
-        batch's activations ``[batch * seq_len, d_mlp]`` and tokens, and the chunk's first row
-        in them (a window may reach outside the chunk).
-        """
-        if self.hist is not None:
-            row, neuron = (acts > self.threshold).nonzero(as_tuple=True)
-            self.hist += torch.bincount(
-                neuron * HIST_BINS + histogram_bins(acts[row, neuron]),
-                minlength=self.hist.numel(),
-            )
+        """Take a batch's rows (whole sequences of ``seq_len`` laid end to end, their ``seq``
+        not below any seen before) into the top-k, ``TOP_BLOCK_ELEMENTS`` at a time."""
         if self.k == 0:
             return
+        step = max(seq_len, TOP_BLOCK_ELEMENTS // self.d_mlp // seq_len * seq_len)
+        for lo in range(0, rows.shape[0], step):
+            self._add_block(rows, tokens, seq, pos, seq_len, lo, min(lo + step, rows.shape[0]))
+
+    def _add_block(
+        self,
+        rows: Float[torch.Tensor, "rows d_mlp"],
+        tokens: Int[torch.Tensor, " rows"],
+        seq: Int[torch.Tensor, " rows"],
+        pos: Int[torch.Tensor, " rows"],
+        seq_len: int,
+        lo: int,
+        hi: int,
+    ) -> None:
+        acts = rows[lo:hi]
         # One pass finds the neurons whose column can enter; only those are looked at closer.
         touched = (acts.amax(0) > self._floor).nonzero().squeeze(1)
         if touched.numel() == 0:
             return
         sub = acts[:, touched]
-        floor = self._floor[touched]
-        # Within the chunk, a neuron's entrants are among its k largest (ties included).
-        kth = torch.topk(sub, min(self.k, sub.shape[0]), dim=0).values[-1]
-        row, col = ((sub > floor) & (sub >= kth)).nonzero(as_tuple=True)
+        above = sub > self._floor[touched]
+        if int(above.sum()) > 4 * self.k * touched.numel():
+            # Early on (low floors) many positions pass: within the block, a neuron's entrants
+            # are among its k largest (ties included), which bounds what is ranked below.
+            kth = torch.topk(sub, min(self.k, sub.shape[0]), dim=0).values[-1]
+            above &= sub >= kth
+        row, col = above.nonzero(as_tuple=True)
         neuron = touched[col]
         # Only the neurons with entrants change: their kept entries and the entrants are
         # ranked together, numbered 0..len(affected)-1, and written back.
         affected, local = torch.unique(neuron, return_inverse=True)
-        new = [local, sub[row, col].float(), seq[row], pos[row]]
+        at = lo + row
+        new = [local, sub[row, col].float(), seq[at], pos[at]]
         if self.window is not None:
-            if batch is None:
-                raise NeuronKindsError("context windows need the whole batch (batch=...)")
-            rows, tokens, offset, seq_len = batch
-            new += window_of(rows, tokens, offset + row, neuron, pos[row], seq_len, self.window)
+            new += window_of(rows, tokens, at, neuron, pos[at], seq_len, self.window)
         columns = [
             torch.cat(pair) for pair in zip(self.top.at(affected).filled(), new, strict=True)
         ]
