@@ -303,6 +303,27 @@ def test_350m_style_bridge_takes_hooks_that_return_values(checkpoints, reference
 
 
 @pytest.mark.filterwarnings(NO_TOKENIZER)
+def test_post_ln_adapter_changes_ln2_hooks_only_and_names_its_version(checkpoints, monkeypatch):
+    """The adapter finds what it was written to change on the TransformerLens line it was
+    written for, and on any other version says which line that was."""
+    from transformer_lens.model_bridge.supported_architectures import opt as tl_opt
+
+    from tl_neuronkinds.loading import tl_adapters
+
+    assert tl_adapters.installed_version().startswith(tl_adapters.WRITTEN_FOR + ".")
+    model = load_opt(checkpoints["350m-style"], device="cpu")
+    for block in model.blocks:  # the adapter left no flattening conversion at hook_mlp_in
+        assert block.hook_mlp_in.hook_conversion is None
+        block.hook_mlp_in.hook_conversion = tl_opt._UnflattenTokens()  # as TransformerLens sets
+    assert tl_adapters.keep_post_ln_hook_shapes(model) == len(model.blocks)
+    monkeypatch.setattr(tl_adapters, "installed_version", lambda: "4.3.0")
+    with pytest.warns(
+        tl_adapters.AdapterVersionWarning, match=r"written for transformer-lens 3\.9"
+    ):
+        assert tl_adapters.keep_post_ln_hook_shapes(model) == 0
+
+
+@pytest.mark.filterwarnings(NO_TOKENIZER)
 @pytest.mark.parametrize("offload", [None, "cpu"])
 def test_loaded_model_owns_its_weights(checkpoints, references, tmp_path, offload):
     """Checkpoint tensors come memory-mapped; a loaded model must not depend on the files."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from opt_fixtures import make_tiny_opt, random_tokens
 
-from tl_neuronkinds.loading import load_opt, loaded_block, offload_mode, streamer_of
+from tl_neuronkinds.loading import load_opt, loaded_block, offload_mode, stop_at, streamer_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*has no tokenizer files")
 
@@ -73,13 +73,17 @@ def test_hooks_cache_and_stop_at_layer_match_resident(variant, offload, ckpts, r
         for key in ref_cache.keys():
             torch.testing.assert_close(cache[key], ref_cache[key], atol=1e-5, rtol=0)
 
+        # A call's stop_at_layer tells the streamer where it stops: no block >= 2 is loaded (the
+        # bridge calls block 2 before it stops, so that one is loaded there).
         streamer.loads.clear()
         stopped = model(TOKENS, stop_at_layer=2)
-        assert set(streamer.loads) == {0, 1}  # no block >= 2 loaded, not even prefetched
+        assert set(streamer.loads) == ({0, 1} if variant == "hooked" else {0, 1, 2})
         torch.testing.assert_close(stopped, ref(TOKENS, stop_at_layer=2), atol=1e-5, rtol=0)
         streamer.loads.clear()
         model.run_with_cache(TOKENS, stop_at_layer=1)
-        assert set(streamer.loads) == {0}
+        # The bridge's run_with_cache calls forward directly, past the model's hooks: not told,
+        # it loads block 1 (which it calls before stopping) and prefetches block 2.
+        assert set(streamer.loads) == ({0} if variant == "hooked" else {0, 1, 2})
     _assert_released(model)
     assert streamer.max_resident == 2
 
@@ -157,8 +161,14 @@ def test_disk_offload_peak_memory_is_near_two_blocks(tmp_path):
     assert streamer_of(model).max_resident == 2
 
 
+@pytest.mark.parametrize("told", [True, False])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_stop_at_layer_through_run_with_hooks_loads_only_blocks_that_run(variant, ckpts, resident):
+def test_stop_at_layer_loads_the_blocks_that_run_and_one_more_at_most(
+    variant, told, ckpts, resident
+):
+    """``run_with_hooks`` calls ``forward`` past the model's own hooks: told the stop with
+    ``stop_at``, the streamer prefetches no block past it; not told, it may load one block too
+    many, never one too few."""
     model = load_opt(ckpts[variant], device="cpu", offload="cpu")
     streamer = streamer_of(model)
     seen = []
@@ -166,9 +176,43 @@ def test_stop_at_layer_through_run_with_hooks_loads_only_blocks_that_run(variant
     with torch.no_grad():
         for stop in (1, 3, -1):
             streamer.loads.clear()
-            out = model.run_with_hooks(TOKENS, fwd_hooks=hooks, stop_at_layer=stop)
+            waiting = streamer.resident  # prefetched by the previous forward, not run there
+            with stop_at(model, stop if told else None):
+                out = model.run_with_hooks(TOKENS, fwd_hooks=hooks, stop_at_layer=stop)
             expected = resident[variant].run_with_hooks(TOKENS, stop_at_layer=stop)
             torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
-            assert set(streamer.loads) == set(range(stop % N_LAYERS))
+            k = stop % N_LAYERS
+            runs = set(range(k))
+            if variant == "hooked":
+                loaded = runs if told else runs | {k}  # not told: block k prefetched
+            else:  # the bridge calls block k before it stops; not told, k prefetches k + 1
+                loaded = runs | {k} if told else runs | ({k, k + 1} & set(range(N_LAYERS)))
+            assert set(streamer.loads) | waiting == loaded
+            assert all(n == 1 for n in streamer.loads.values())
+            # Not told, the block after the stop may wait, prefetched, for the next forward.
+            assert streamer.resident <= (set() if told else {k})
+        model(TOKENS)  # the next forward drops what waited
     assert len(seen) == 3
     _assert_released(model)
+
+
+def test_a_wrong_stop_costs_loads_never_a_block(ckpts, resident):
+    """A forward running further than the streamer was told still loads every block it runs."""
+    model = load_opt(ckpts["hooked"], device="cpu", offload="cpu")
+    with torch.no_grad(), stop_at(model, 1):
+        out = model(TOKENS)
+    torch.testing.assert_close(out, resident["hooked"](TOKENS), atol=1e-5, rtol=0)
+    assert set(streamer_of(model).loads) == set(range(N_LAYERS))
+    _assert_released(model)
+
+
+def test_the_streamer_is_kept_beside_the_model_not_on_it(ckpts):
+    import gc
+    import weakref
+
+    model = load_opt(ckpts["hooked"], device="cpu", offload="cpu")
+    assert not [name for name in vars(model) if "nk" in name.lower()]
+    gone = weakref.ref(streamer_of(model))
+    del model
+    gc.collect()
+    assert gone() is None  # the model's streamer goes with it

@@ -39,6 +39,7 @@ from tl_neuronkinds.loading.streaming import (
     HostFn,
     attach_streamer,
 )
+from tl_neuronkinds.loading.tl_adapters import keep_post_ln_hook_shapes
 from tl_neuronkinds.recording.identity import remember_fingerprint, weights_fingerprint
 
 _DTYPES = {
@@ -207,7 +208,7 @@ def _placeholders(
         owner_name, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_name)
         empty = torch.empty(0, dtype=dtype, device=device)
-        owner._parameters[leaf] = nn.Parameter(empty, requires_grad=False)
+        setattr(owner, leaf, nn.Parameter(empty, requires_grad=False))
         slots[name] = (owner, leaf)
     return slots
 
@@ -219,15 +220,15 @@ def _materialize_buffers(model: nn.Module, device: torch.device) -> None:
         "IGNORE": lambda: torch.tensor(-torch.inf, device=device),
     }
     for module_name, module in model.named_modules():
-        for name, buffer in list(module._buffers.items()):
-            if buffer is None or not buffer.is_meta:
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if not buffer.is_meta:
                 continue
             if name not in values:
                 raise NeuronKindsError(
                     f"internal: unknown TransformerLens buffer {module_name}.{name}; "
                     "this transformer-lens version is not supported"
                 )
-            module._buffers[name] = values[name]()
+            setattr(module, name, values[name]())  # an existing buffer: stays one, as it was
 
 
 def _assign(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -301,9 +302,9 @@ def _build_bridge(
     def block(layer: int) -> dict[str, torch.Tensor]:
         return {k: v.to(dtype) for k, v in _read_block(checkpoint, block_keys, layer).items()}
 
-    cfg._attn_implementation = "eager"  # as TransformerLens's boot: attention-pattern hooks
     with torch.device("meta"):
         hf = OPTForCausalLM(cfg)
+    hf.set_attn_implementation("eager")  # as TransformerLens's boot: attention-pattern hooks
     state = {
         f"model.{k}" if k.startswith("decoder.") else k: _own(v.to(dtype), device)
         for k, v in checkpoint.read(outside_keys).items()
@@ -333,7 +334,7 @@ def _build_bridge(
     if tok is None:
         bridge.tokenizer = None
     if not cfg.do_layer_norm_before:
-        _fix_post_ln_hook_shapes(bridge)
+        keep_post_ln_hook_shapes(bridge)
     if offload is not None:
         host = _host_fn(offload, cfg.num_hidden_layers, block, device)
         attach_streamer(bridge, BlockStreamer(offload, list(bridge.blocks), params, host, bridge))
@@ -349,23 +350,3 @@ def _remember_fingerprint(
     keys = [_BLOCK_PREFIX.format(layer=layer) + "fc1.bias" for layer in range(n_layers)]
     biases = checkpoint.read(keys)
     remember_fingerprint(model, weights_fingerprint(model.W_E, [biases[k].to(dtype) for k in keys]))
-
-
-def _fix_post_ln_hook_shapes(bridge: Any) -> None:
-    """Stop TransformerLens from flattening post-LayerNorm ``ln2`` hook values to 2-D.
-
-    The OPT bridge reshapes hook values at ``ln2`` and ``hook_mlp_in`` back to
-    ``[batch*pos, d_model]`` because in pre-LN OPT they sit inside the layer's flattened region.
-    In post-LN OPT (350m) ``ln2`` runs on ``[batch, pos, d_model]``, so a hook there that
-    returns its value (``run_with_cache`` does) hands the next layer a 2-D tensor and the
-    forward fails. These hooks see 3-D values already; the reshape is dropped for them only.
-    """
-    for block in bridge.blocks:
-        points = [block.hook_mlp_in]
-        ln2 = block.ln2
-        for member in [ln2, *getattr(ln2, "submodules", {}).values()]:
-            points += [getattr(member, "hook_in", None), getattr(member, "hook_out", None)]
-        for point in points:
-            conversion = getattr(point, "hook_conversion", None)
-            if type(conversion).__name__ == "_UnflattenTokens":
-                point.hook_conversion = None

@@ -13,16 +13,22 @@ The mechanism is PyTorch module hooks only (no patched ``forward``):
 * a forward hook (``always_call``) on block ``l`` drops its weights again; when an error
   (or TransformerBridge's stop exception) leaves the block, it drops the prefetched block too.
 
-``stop_at_layer=k`` is honoured without touching ``forward``: the pre-hook reads it from the
-running model method's frame (TransformerLens's ``run_with_hooks`` calls ``forward`` directly,
-so no hook on the root module sees the call) and from TransformerBridge's
-``_stop_at_layer_idx`` block flag, and prefetches no block ``>= k``. Were a future
-TransformerLens to hide it, the cost would be one wasted load, never a wrong result.
+The streamer prefetches no block ``>= k`` for a forward it knows stops before block ``k``. A
+call ``model(tokens, stop_at_layer=k)`` (and ``run_with_cache``, which makes one) tells it: a
+forward pre-hook on the model reads the keyword. ``run_with_hooks`` calls ``forward`` directly,
+past every hook of the model itself, so whoever runs it says where it stops:
+``with stop_at(model, k): model.run_with_hooks(...)`` (``nk.record`` and the views do). A
+forward it was not told of still runs correctly: a block is always loaded when it is called, so
+not telling costs loads, never a skipped block. A HookedTransformer then prefetches block ``k``,
+which waits on the device until the next forward; a TransformerBridge (whose own
+``run_with_cache`` and ``run_with_hooks`` call ``forward`` directly) calls block ``k`` before it
+stops, so it loads ``k`` and prefetches ``k + 1``.
 
 So at most two blocks' weights are on the device at once (the one running and the one being
-prefetched), and a forward with ``stop_at_layer=k`` loads no block ``>= k``. Embeddings, final
-LayerNorm and unembedding stay on the device. Without CUDA the same code runs: the "copy" is
-the CPU tensor itself (``"cpu"``) or the freshly read block (``"disk"``).
+prefetched), and a told forward with ``stop_at_layer=k`` on a HookedTransformer loads no block
+``>= k``. Embeddings, final LayerNorm and unembedding stay on the device. Without CUDA the same
+code runs: the "copy" is the CPU tensor itself (``"cpu"``) or the freshly read block
+(``"disk"``). The streamer of a model is kept here, not on the model (``streamer_of``).
 
 TransformerLens hooks (``run_with_hooks``, ``model.hooks()``, ``run_with_cache``) work as
 usual: they fire inside the block's forward, while its weights are present. Backward works
@@ -32,12 +38,11 @@ block's weights alive until backward: run offloaded models under ``torch.no_grad
 require grad and keep no ``.grad``; an in-place edit of one lasts only for that forward.
 """
 
-import sys
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 import torch
@@ -46,7 +51,6 @@ from torch import nn
 from tl_neuronkinds.errors import NeuronKindsError
 
 OFFLOAD_MODES = ("cpu", "disk")
-_MAX_FRAMES = 64  # how far up the stack to look for the running model method
 HostFn = Callable[[int], dict[str, torch.Tensor]]
 _Loaded = tuple[dict[str, torch.Tensor], Any]  # device tensors, CUDA event or None
 
@@ -63,7 +67,9 @@ class BlockStreamer:
             place, and the placeholder comes back afterwards.
         host: ``host(l)`` returns block ``l``'s tensors on the CPU, keyed as ``slots[l]``, of the
             parameters' dtype and shape (pinned when CUDA is used and they stay in memory).
-        root: The model (HookedTransformer or TransformerBridge) whose methods run forwards.
+        root: The model: a call ``root(..., stop_at_layer=k)`` tells the streamer its stop
+            (a forward pre-hook reads the keyword), and a block prefetched for a forward that
+            stopped before it is dropped when the call returns.
 
     Attributes:
         loads: How many times each block was brought to the device.
@@ -85,8 +91,8 @@ class BlockStreamer:
         self.slots = [dict(s) for s in slots]
         self._empty: list[dict[str, nn.Parameter]] = []
         for slot in self.slots:
-            empty = {name: owner._parameters[leaf] for name, (owner, leaf) in slot.items()}
-            if any(p is None or p.numel() for p in empty.values()):
+            empty = {name: getattr(owner, leaf) for name, (owner, leaf) in slot.items()}
+            if any(not isinstance(p, nn.Parameter) or p.numel() for p in empty.values()):
                 raise NeuronKindsError("internal: streamed parameters must start as placeholders")
             self._empty.append(empty)  # type: ignore[arg-type]
         self._host = host
@@ -96,8 +102,12 @@ class BlockStreamer:
         self._ready: dict[int, tuple[torch.device, Future]] = {}
         self._side: dict[torch.device, Any] = {}
         self._reader: ThreadPoolExecutor | None = None
-        self._root = root
-        self._handles = []
+        self._stop: int | None = None  # told by ``stop_at``
+        self._call: tuple[int | None] | None = None  # told by the running ``root(...)`` call
+        self._handles = [
+            root.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True),
+            root.register_forward_hook(self._root_post_hook, always_call=True),
+        ]
         for index, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(self._pre_hook(index)))
             self._handles.append(
@@ -113,41 +123,45 @@ class BlockStreamer:
         """Where block ``index`` runs: the device of its placeholders (moves with ``model.to``)."""
         return next(iter(self._empty[index].values())).device
 
-    def _runs(self, index: int) -> bool:
-        """Whether block ``index`` will run in this forward, as far as can be known."""
-        if index >= len(self.blocks):
-            return False
-        flag = getattr(self.blocks[index], "_stop_at_layer_idx", None)  # TransformerBridge
-        stop = self._caller_stop() if flag is None else flag
-        return stop is None or index < stop
-
-    def _caller_stop(self) -> int | None:
-        """``stop_at_layer`` of the model method running this forward, read from its frame."""
-        frame: FrameType | None = sys._getframe(1)
-        try:
-            for _ in range(_MAX_FRAMES):
-                if frame is None:
-                    return None
-                code = frame.f_code
-                if "stop_at_layer" in code.co_varnames and frame.f_locals.get("self") is self._root:
-                    stop = frame.f_locals["stop_at_layer"]
-                    if isinstance(stop, int):
-                        return stop + len(self.blocks) if stop < 0 else stop
-                frame = frame.f_back
+    def _layer(self, layer: object) -> int | None:
+        """A ``stop_at_layer`` value as a block index (negative counts from the end); None for
+        None or anything that is not an integer (then every block may run)."""
+        if isinstance(layer, bool) or not isinstance(layer, int):
             return None
+        return layer + len(self.blocks) if layer < 0 else layer
+
+    @contextmanager
+    def stop_at(self, layer: int | None) -> Iterator[None]:
+        """Forwards inside stop before block ``layer`` (``stop_at_layer=layer``; negative counts
+        from the end, None runs every block): no block ``>= layer`` is prefetched."""
+        previous, self._stop = self._stop, self._layer(layer)
+        try:
+            yield
         finally:
-            del frame
+            self._stop = previous
+
+    def _root_pre_hook(self, _module: nn.Module, _args: tuple, kwargs: dict) -> None:
+        self._call = (self._layer(kwargs.get("stop_at_layer")),)
+
+    def _root_post_hook(self, _module: nn.Module, _args: tuple, _output: Any) -> None:
+        self._call = None
+        self._ready.clear()  # prefetched for a block this forward stopped before
+
+    def _will_run(self, index: int) -> bool:
+        """Whether block ``index`` runs in this forward, as far as the streamer was told: by
+        the running ``root(...)`` call's ``stop_at_layer``, else by ``stop_at``."""
+        stop = self._stop if self._call is None else self._call[0]
+        return index < len(self.blocks) and (stop is None or index < stop)
 
     def _pre_hook(self, index: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _args: tuple) -> None:
-            if not self._runs(index):
-                return  # the bridge stops before running this block
+            # Called, so needed (a told stop only spares prefetches): never skip a load here.
             for other in [k for k in self._ready if k not in (index, index + 1)]:
                 del self._ready[other]
             for other in [k for k in self._active if k != index]:
                 self._deactivate(other)
             self._activate(index)
-            if self._runs(index + 1):
+            if self._will_run(index + 1):
                 self._prefetch(index + 1)
             self.max_resident = max(self.max_resident, len(self.resident))
 
@@ -211,12 +225,12 @@ class BlockStreamer:
         with torch.inference_mode(False):
             for name, (owner, leaf) in self.slots[index].items():
                 grad = self._empty[index][name].requires_grad
-                owner._parameters[leaf] = nn.Parameter(tensors[name], requires_grad=grad)
+                setattr(owner, leaf, nn.Parameter(tensors[name], requires_grad=grad))
         self._active[index] = (tensors, event)
 
     def _deactivate(self, index: int) -> None:
         for name, (owner, leaf) in self.slots[index].items():
-            owner._parameters[leaf] = self._empty[index][name]
+            setattr(owner, leaf, self._empty[index][name])
         del self._active[index]
 
     def _drop_all(self) -> None:
@@ -236,9 +250,13 @@ class BlockStreamer:
                 self._deactivate(index)
 
 
+#: Each streamed model's streamer, kept on our side (weakly: it goes with the model).
+_STREAMERS: "weakref.WeakKeyDictionary[nn.Module, BlockStreamer]" = weakref.WeakKeyDictionary()
+
+
 def attach_streamer(model: nn.Module, streamer: BlockStreamer) -> None:
-    """Record ``streamer`` on ``model`` (read back by ``offload_mode`` and ``loaded_block``)."""
-    model._nk_streamer = streamer  # type: ignore[assignment]
+    """Remember ``streamer`` as ``model``'s (read back by ``streamer_of``)."""
+    _STREAMERS[model] = streamer
 
 
 def offload_mode(model: nn.Module) -> str | None:
@@ -247,14 +265,29 @@ def offload_mode(model: nn.Module) -> str | None:
     For a streamed model the blocks' parameters are empty outside a forward: read a block's
     weights inside ``loaded_block(model, layer)``.
     """
-    streamer = getattr(model, "_nk_streamer", None)
-    return streamer.mode if isinstance(streamer, BlockStreamer) else None
+    streamer = streamer_of(model)
+    return None if streamer is None else streamer.mode
 
 
 def streamer_of(model: nn.Module) -> BlockStreamer | None:
     """The ``BlockStreamer`` of a streamed model (its ``loads`` and ``max_resident``), else None."""
-    streamer = getattr(model, "_nk_streamer", None)
-    return streamer if isinstance(streamer, BlockStreamer) else None
+    return _STREAMERS.get(model)
+
+
+@contextmanager
+def stop_at(model: nn.Module, layer: int | None) -> Iterator[None]:
+    """Tell a streamed ``model`` that the forwards inside stop before block ``layer`` (pass
+    the ``stop_at_layer`` given to them), so that it prefetches no block it will not run; a
+    no-op for resident models.
+
+    Example: ``with stop_at(model, 2): model(tokens, stop_at_layer=2)``.
+    """
+    streamer = streamer_of(model)
+    if streamer is None:
+        yield
+        return
+    with streamer.stop_at(layer):
+        yield
 
 
 @contextmanager

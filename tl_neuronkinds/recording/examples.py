@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.loading.streaming import stop_at
 
 #: Histogram edges: 2**HIST_LOW to 2**HIST_HIGH, HIST_PER_OCTAVE bins per doubling.
 HIST_LOW, HIST_HIGH, HIST_PER_OCTAVE = -8, 8, 4
@@ -573,7 +574,7 @@ def _activations(
     for first in range(0, len(order), CONTEXT_BATCH):
         part = order.iloc[first : first + CONTEXT_BATCH]
         seqs, length = [int(s) for s in part.index], int(part.iloc[0])
-        with torch.no_grad():
+        with torch.no_grad(), stop_at(model, max(by_layer) + 1):
             model.run_with_hooks(
                 tokens[seqs, :length].to(device),
                 fwd_hooks=hooks,

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.recording.accumulate import WINDOW, check_top_k, check_window
 from tl_neuronkinds.recording.checkpoint import RunCheckpoint
 from tl_neuronkinds.recording.identity import model_identity
@@ -375,7 +376,7 @@ def _record_rows(
     ``after(rows_before, rows_after)`` runs after each batch."""
     device = _model_device(model)
     stop = recorder.layers[-1] + 1
-    with torch.inference_mode(), recorder.recording():
+    with torch.inference_mode(), recorder.recording(), stop_at(model, stop):
         for first in range(0, rows.shape[0], batch):
             part = rows[first : first + batch].to(device)
             model(part, stop_at_layer=stop)
