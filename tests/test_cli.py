@@ -68,6 +68,7 @@ def test_profile_writes_profile_table_and_summaries(
     assert (out / "summary_fig8.csv").exists() and (out / "summary_layers.csv").exists()
     assert "n_detectors_under_10" in capsys.readouterr().out
     assert json.loads((out / "run.json").read_text())["finished"] is True
+    assert not (out / "checkpoint").exists()  # only a resume needed it
     # A finished run is refused without --overwrite; other settings too; tables rebuild.
     assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "256")) == 2
     assert "tables" in _one_line_error(capsys)

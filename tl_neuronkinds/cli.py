@@ -258,6 +258,8 @@ def profile_command(args: argparse.Namespace) -> None:
             path = report(profile, model, out / _REPORT_FILE, tokens, analysis=analysis)
             wrote += f" and {_REPORT_FILE} ({path.stat().st_size / 2**20:.1f} MiB)"
         _write_run(out, settings, finished=True, report=not args.no_report)
+        # The checkpoint only served a resume; finished, it would double the run's size on disk.
+        shutil.rmtree(out / _CHECKPOINT_DIR, ignore_errors=True)
         print(f"\nwrote {out}: {wrote}")
 
 
