@@ -80,7 +80,8 @@ def test_logits_and_hook_post_equal_transformers(layout, offload, checkpoints, r
 
 def test_per_block_conversion_is_transformer_lens_conversion(checkpoints):
     hf = OPTForCausalLM.from_pretrained(str(checkpoints["safetensors"])).eval()
-    cfg = hooked_config(hf.config, "tiny", torch.device("cpu"), torch.float32)
+    path = checkpoints["safetensors"]
+    cfg = hooked_config(path, hf.config, "tiny", torch.device("cpu"), torch.float32)
     expected = convert_opt_weights(hf, cfg)
     state = {k.removeprefix("model."): v for k, v in hf.state_dict().items()}
     ours = convert_globals(state, cfg.d_vocab, torch.float32)
@@ -209,6 +210,20 @@ def _edit_weights(path: Path, edit) -> None:
     state = load_file(str(file))
     edit(state)
     save_file(state, str(file), metadata={"format": "pt"})
+
+
+@pytest.mark.filterwarnings(NO_TOKENIZER)
+def test_another_activation_loads_with_a_warning_on_what_active_means(checkpoints, tmp_path):
+    gelu = _copy(checkpoints["safetensors"], tmp_path / "gelu")
+    _edit_config(gelu, activation_function="gelu")
+    with pytest.warns(UserWarning, match=r"'gelu', not OPT's 'relu'.*active.*> the recording"):
+        model = load_opt(gelu, device="cpu")
+    assert model.cfg.act_fn == "gelu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*has no tokenizer files")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        load_opt(checkpoints["safetensors"], device="cpu")  # ReLU: no warning
 
 
 def test_bad_checkpoints_raise_naming_the_problem(checkpoints, tmp_path):

@@ -1,8 +1,7 @@
 """OPT config and weights in TransformerLens's layout, computed one block at a time.
 
-This mirrors TransformerLens's own OPT support: the config of
-``transformer_lens.loading_from_pretrained`` (``"OPTForCausalLM"``: LayerNorm eps 1e-5,
-attention scaled by ``1/sqrt(d_head)``) and the weight mapping of
+The config is TransformerLens's own (``convert_hf_model_config`` on the checkpoint's
+directory). The weights mirror TransformerLens's OPT mapping,
 ``transformer_lens.pretrained.weight_conversions.opt.convert_opt_weights``, split into a
 per-block part (``convert_block``) and the rest (``convert_globals``) so that a streamed model
 can convert block ``l`` straight from the checkpoint's tensors. ``tests/test_loading.py`` proves
@@ -15,8 +14,11 @@ Keys of checkpoint tensors are ``Checkpoint`` keys (``decoder.…``, ``lm_head.w
 one block's tensors are relative to ``decoder.layers.{l}.`` (``fc1.weight``, …).
 """
 
+from pathlib import Path
+
 import torch
 from transformer_lens import HookedTransformerConfig
+from transformer_lens.loading_from_pretrained import convert_hf_model_config
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 from transformers import OPTConfig, OPTForCausalLM
 
@@ -31,7 +33,6 @@ _REQUIRED = (
     "max_position_embeddings",
 )
 _POS_OFFSET = 2  # OPTLearnedPositionalEmbedding reads row position + 2
-_LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OPT uses
 
 
 def opt_config(config: dict, where: str) -> OPTConfig:
@@ -112,9 +113,11 @@ def validate_shapes(
 
 
 def hooked_config(
-    cfg: OPTConfig, model_name: str, device: torch.device, dtype: torch.dtype
+    directory: Path, cfg: OPTConfig, model_name: str, device: torch.device, dtype: torch.dtype
 ) -> HookedTransformerConfig:
-    """The ``HookedTransformerConfig`` of an OPT checkpoint, as TransformerLens builds it.
+    """The ``HookedTransformerConfig`` of the OPT checkpoint in ``directory``: TransformerLens's
+    own (``convert_hf_model_config`` reads a local directory's ``config.json``), with this
+    load's name, device and dtype, and no initialisation (the weights are assigned).
 
     Raises:
         NeuronKindsError: An activation function TransformerLens does not have.
@@ -124,22 +127,12 @@ def hooked_config(
             f"config.json: activation_function {cfg.activation_function!r} is not supported by "
             f"TransformerLens (supported: {sorted(SUPPORTED_ACTIVATIONS)})"
         )
+    # ``architectures`` may be missing from an OPT config.json (``model_type`` says OPT, checked
+    # by ``opt_config``); TransformerLens picks its conversion by it.
+    fields = convert_hf_model_config(str(directory), architectures=["OPTForCausalLM"])
+    fields.pop("tokenizer_name", None)  # the tokenizer is ``load_opt``'s business
     return HookedTransformerConfig(
-        d_model=cfg.hidden_size,
-        d_head=cfg.hidden_size // cfg.num_attention_heads,
-        n_heads=cfg.num_attention_heads,
-        n_layers=cfg.num_hidden_layers,
-        d_mlp=cfg.ffn_dim,
-        d_vocab=cfg.vocab_size,
-        n_ctx=cfg.max_position_embeddings,
-        eps=_LN_EPS,
-        act_fn=cfg.activation_function,
-        use_attn_scale=True,
-        use_local_attn=False,
-        scale_attn_by_inverse_layer_idx=False,
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        original_architecture="OPTForCausalLM",
+        **fields,
         model_name=model_name,
         default_prepend_bos=True,
         init_weights=False,

@@ -101,6 +101,13 @@ def load_opt(
     target = _check_device(device)
     directory, model_name = resolve_checkpoint_dir(name_or_dir)
     cfg = opt_config(read_config(directory), str(directory / "config.json"))
+    if cfg.activation_function != "relu":
+        warnings.warn(
+            f"{directory}: activation_function is {cfg.activation_function!r}, not OPT's 'relu': "
+            "a neuron counts as active where its activation is > the recording threshold (0 by "
+            "default), which for this activation is not 'the ReLU let it through' (SPEC.md)",
+            stacklevel=2,
+        )
     checkpoint = Checkpoint(directory)
     shapes, optional = expected_shapes(cfg)
     validate_shapes(checkpoint.shapes, shapes, optional, str(directory))
@@ -264,7 +271,8 @@ def _build_hooked(
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore", DeprecationWarning)  # "HookedTransformer is deprecated"
         model = HookedTransformer(
-            hooked_config(cfg, model_name, device, dtype), move_to_device=False
+            hooked_config(checkpoint.directory, cfg, model_name, device, dtype),
+            move_to_device=False,
         )
     _materialize_buffers(model, device)
     state = convert_globals(checkpoint.read(outside_keys), cfg.vocab_size, dtype)
