@@ -25,6 +25,7 @@ from tl_neuronkinds.kinds import (
     positional_neurons,
     token_detectors,
 )
+from tl_neuronkinds.massive import MassiveActivations, massive_activations
 from tl_neuronkinds.recording import (
     LayerCounts,
     NeuronProfile,
@@ -44,6 +45,7 @@ __all__ = [
     "Cutoffs",
     "EvidenceWarning",
     "LayerCounts",
+    "MassiveActivations",
     "NeuronKindsError",
     "NeuronProfile",
     "NeuronRecorder",
@@ -57,6 +59,7 @@ __all__ = [
     "figure_tables",
     "layer_summary",
     "load_opt",
+    "massive_activations",
     "max_activating_contexts",
     "ngram_coverage",
     "position_teams",

@@ -1,0 +1,153 @@
+"""Massive activations: streaming top-k and exact median against brute force over cached hidden
+states, however batched; a planted massive activation found where it was put."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opt_fixtures import make_tiny_opt
+from recording_reference import random_tokens, tiny_model
+
+import tl_neuronkinds as nk
+from tl_neuronkinds.massive.activations import TOP_COLUMNS
+from tl_neuronkinds.massive.streaming import MedianCounter, TopMagnitudes
+
+
+def brute_top(hidden: np.ndarray, k: int) -> list[tuple[float, int]]:
+    """The k largest |h| with their flat places: a stable sort of every magnitude."""
+    mag = np.abs(hidden.astype(np.float32)).reshape(-1)
+    order = np.lexsort((np.arange(mag.size), -mag))[:k]
+    return [(float(mag[i]), int(i)) for i in order]
+
+
+@st.composite
+def batches(draw):
+    """Magnitudes from few levels (ties, zeros, a denormal) cut into random batches."""
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    levels = np.float32([0.0, 1e-40, 0.5, 0.5, 1.0, -1.0, 3.0, -250.0, 7e4])
+    n = draw(st.integers(1, 60))
+    values = levels[rng.integers(0, len(levels), size=n)]
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=5)))
+    return values, [0, *cuts, n], draw(st.integers(1, 8))
+
+
+@given(batches())
+@settings(max_examples=80, deadline=None)
+def test_top_and_median_equal_brute_force_however_batched(case) -> None:
+    values, cuts, k = case
+    top, median = TopMagnitudes(k), MedianCounter()
+    parts = [torch.tensor(values[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    for part, first in zip(parts, cuts, strict=False):
+        top.add(part.abs(), part, first)
+        median.count(part.abs())
+    median.plan()
+    for part in reversed(parts):  # the second pass may see the batches in any order
+        median.refine(part.abs())
+    expect = brute_top(values, k)
+    assert [(float(m), int(p)) for m, p in zip(top.magnitude, top.place, strict=True)] == expect
+    assert top.value.tolist() == [float(values[p]) for _, p in expect]
+    assert median.median() == float(np.median(np.abs(values).astype(np.float64)))
+
+
+def test_median_of_even_and_odd_counts_and_of_large_tensors() -> None:
+    gen = torch.Generator().manual_seed(3)
+    for n in (1, 2, 7, 10_000, 10_001):
+        values = torch.randn(n, generator=gen) * 10 ** torch.randint(-3, 4, (n,), generator=gen)
+        counter = MedianCounter()
+        counter.count(values.abs())
+        counter.plan()
+        counter.refine(values.abs())
+        assert counter.median() == float(np.median(values.abs().double().numpy())), n
+
+
+def test_massive_activations_equal_brute_force_over_the_cache() -> None:
+    model, tokens = tiny_model(seed=4), random_tokens(5, n_seq=7, seq_len=11)
+    _, cache = model.run_with_cache(tokens)
+    whole = nk.massive_activations(model, tokens, k=5, batch_size=7, magnitude=1.0, ratio=2.0)
+    assert list(whole.top.columns) == TOP_COLUMNS
+    for batch in (1, 3):
+        again = nk.massive_activations(
+            model, tokens, k=5, batch_size=batch, magnitude=1.0, ratio=2.0
+        )
+        assert again.top.equals(whole.top) and again.median.equals(whole.median)
+    d_model, seq_len = model.cfg.d_model, tokens.shape[1]
+    for layer in range(model.cfg.n_layers):
+        hidden = cache[f"blocks.{layer}.hook_resid_post"].numpy()
+        rows = whole.top[whole.top["layer"] == layer]
+        expect = brute_top(hidden, 5)
+        assert rows["rank"].tolist() == list(range(5))
+        assert rows["magnitude"].tolist() == [m for m, _ in expect]
+        places = [
+            (p // (seq_len * d_model), p // d_model % seq_len, p % d_model) for _, p in expect
+        ]
+        assert list(zip(rows["seq"], rows["pos"], rows["dim"], strict=True)) == places
+        assert rows["value"].tolist() == [float(hidden[s, p, d]) for s, p, d in places]
+        assert rows["token_id"].tolist() == [int(tokens[s, p]) for s, p, _ in places]
+        median = float(np.median(np.abs(hidden).astype(np.float64)))
+        assert whole.median.loc[whole.median["layer"] == layer, "median"].item() == median
+        mags = rows["magnitude"].to_numpy()
+        assert rows["massive"].tolist() == ((mags > 1.0) & (mags > 2.0 * median)).tolist()
+        assert rows["first_token"].tolist() == [p == 0 for _, p, _ in places]
+
+
+def test_a_planted_massive_activation_is_found_at_its_place(tmp_path) -> None:
+    """One huge value on one dimension of the first position's embedding rides the residual
+    stream through every layer: each layer's top-1, massive, at position 0 and that dimension;
+    nothing else is massive."""
+    path = make_tiny_opt(tmp_path / "ckpt", n_layers=3, vocab=61)
+    model = nk.load_opt(path, device="cpu")
+    with torch.no_grad():
+        model.pos_embed.W_pos[0, 7] = 5000.0
+    tokens = random_tokens(9, n_seq=4, seq_len=10, vocab=61)
+    found = nk.massive_activations(model, tokens, k=5)
+    first = found.top[found.top["rank"] == 0]
+    assert first["dim"].tolist() == [7] * 3 and first["pos"].tolist() == [0] * 3
+    assert first["magnitude"].min() > 4000 and first["massive"].all()
+    assert first["first_token"].all()
+    # Position 0 of each of the 4 sequences, in each of the 3 layers; the fifth is not massive.
+    assert found.top["massive"].tolist() == [True] * 4 + [False] + [True] * 4 + [False] + [
+        True
+    ] * 4 + [False]
+    assert found.median["median"].max() < 5
+    assert found.dims()["dim"].tolist() == [7] and found.dims()["count"].tolist() == [12]
+    by_token = found.tokens()
+    assert by_token["first_token"].sum() == 12 and set(by_token["token_id"]) == {2}
+
+
+def test_layers_stop_the_forward_and_streamed_models_agree(tmp_path) -> None:
+    path = make_tiny_opt(tmp_path / "ckpt", n_layers=3, vocab=61)
+    tokens = random_tokens(2, n_seq=3, seq_len=9, vocab=61)
+    resident = nk.massive_activations(nk.load_opt(path, device="cpu"), tokens, layers=[1, 0])
+    streamed_model = nk.load_opt(path, device="cpu", offload="disk")
+    streamed = nk.massive_activations(streamed_model, tokens, layers=[0, 1])
+    assert streamed.top.equals(resident.top) and resident.median["layer"].tolist() == [0, 1]
+    assert 2 not in nk.loading.streamer_of(streamed_model).loads
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 0}, "k must be a positive integer"),
+        ({"layers": [3]}, "layers must be a non-empty subset of 0..2"),
+        ({"layers": []}, "layers must be a non-empty subset"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match) -> None:
+    model, tokens = tiny_model(), random_tokens(1)
+    with pytest.raises(nk.NeuronKindsError, match=match):
+        nk.massive_activations(model, tokens, **kwargs)
+
+
+def test_bad_tokens_and_non_finite_hidden_states_raise() -> None:
+    model = tiny_model()
+    with pytest.raises(nk.NeuronKindsError, match="integer tensor"):
+        nk.massive_activations(model, torch.zeros(2, 3))
+    with pytest.raises(nk.NeuronKindsError, match="token ids must lie in 0..39"):
+        nk.massive_activations(model, torch.full((2, 3), 40))
+    with torch.no_grad():
+        model.blocks[1].mlp.W_out[0, 0] = float("nan")
+    with pytest.raises(nk.NeuronKindsError, match=r"blocks\.1\.hook_resid_post holds NaN"):
+        nk.massive_activations(model, random_tokens(1))
