@@ -151,3 +151,77 @@ def test_bad_tokens_and_non_finite_hidden_states_raise() -> None:
         model.blocks[1].mlp.W_out[0, 0] = float("nan")
     with pytest.raises(nk.NeuronKindsError, match=r"blocks\.1\.hook_resid_post holds NaN"):
         nk.massive_activations(model, random_tokens(1))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A tiny OPT whose first position carries 5000 on dimension 7, and what was found in it."""
+    path = make_tiny_opt(tmp_path_factory.mktemp("planted") / "ckpt", n_layers=3, vocab=61)
+    model = nk.load_opt(path, device="cpu")
+    with torch.no_grad():
+        model.pos_embed.W_pos[0, 7] = 5000.0
+    tokens = random_tokens(9, n_seq=6, seq_len=10, vocab=61)
+    return model, tokens, nk.massive_activations(model, tokens, k=6)
+
+
+def _perplexity_by_hand(model, tokens, hook=None) -> float:
+    hooks = [] if hook is None else [("blocks.0.hook_resid_post", hook)]
+    with torch.no_grad():
+        loss = model.run_with_hooks(tokens, fwd_hooks=hooks, return_type="loss")
+    return float(torch.exp(loss))
+
+
+def test_zeroing_the_planted_activation_changes_perplexity_its_mean_does_not(planted) -> None:
+    model, tokens, found = planted
+    held_out = random_tokens(10, n_seq=5, seq_len=10, vocab=61)
+    table = nk.massive_intervention(model, found, held_out, mean_tokens=tokens, batch_size=2)
+    assert table["intervention"].tolist() == ["none", "zero", "mean"]
+    assert table["layer"].tolist() == [0, 0, 0] and table["dims"].tolist() == [[7]] * 3
+    none, zero, mean = table["perplexity"].tolist()
+    mean_value = table["value"].iloc[2][0]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    assert mean_value == pytest.approx(float(cache["blocks.0.hook_resid_post"][:, 0, 7].mean()))
+
+    def set_first(to):
+        def hook(value, hook):
+            value[:, 0, 7] = to
+            return value
+
+        return hook
+
+    assert none == pytest.approx(_perplexity_by_hand(model, held_out), rel=1e-6)
+    assert zero == pytest.approx(_perplexity_by_hand(model, held_out, set_first(0.0)), rel=1e-6)
+    assert mean == pytest.approx(
+        _perplexity_by_hand(model, held_out, set_first(mean_value)), rel=1e-6
+    )
+    assert abs(zero - none) > 20 * abs(mean - none)
+    assert table["vs_none"].iloc[0] == 1.0
+
+
+def test_attention_share_equals_brute_force_over_the_cache(planted) -> None:
+    model, tokens, found = planted
+    share = nk.massive_attention(model, found, tokens, batch_size=4)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    assert share[["layer", "head"]].values.tolist() == [
+        [lay, h] for lay in range(n_layers) for h in range(n_heads)
+    ]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    mask = (cache["blocks.0.hook_resid_post"][..., 7].abs() > found.magnitude).double()
+    assert mask.sum() == tokens.shape[0] and bool(mask[:, 0].all())  # position 0, each row
+    for layer in range(n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"].double()  # [batch head q k]
+        expect = (pattern * mask[:, None, None, :]).sum(-1).mean((0, 2))
+        got = share.loc[share["layer"] == layer, "share"].to_numpy()
+        np.testing.assert_allclose(got, expect.numpy(), rtol=1e-9)
+    assert (share["massive_positions"] == tokens.shape[0]).all()
+
+
+def test_effects_need_a_massive_activation() -> None:
+    model, tokens = tiny_model(), random_tokens(1)
+    found = nk.massive_activations(model, tokens)
+    assert not found.top["massive"].any()
+    for effect in (nk.massive_intervention, nk.massive_attention):
+        with pytest.raises(nk.NeuronKindsError, match="no massive activations were found"):
+            effect(model, found, tokens)

@@ -25,7 +25,12 @@ from tl_neuronkinds.kinds import (
     positional_neurons,
     token_detectors,
 )
-from tl_neuronkinds.massive import MassiveActivations, massive_activations
+from tl_neuronkinds.massive import (
+    MassiveActivations,
+    massive_activations,
+    massive_attention,
+    massive_intervention,
+)
 from tl_neuronkinds.recording import (
     LayerCounts,
     NeuronProfile,
@@ -60,6 +65,8 @@ __all__ = [
     "layer_summary",
     "load_opt",
     "massive_activations",
+    "massive_attention",
+    "massive_intervention",
     "max_activating_contexts",
     "ngram_coverage",
     "position_teams",

@@ -91,7 +91,9 @@ class MassiveActivations:
         return table.reset_index().sort_values(["count", "token_id"], ascending=[False, True])
 
 
-def _check(model: Any, tokens: Any, k: object, layers: Sequence[int] | None) -> list[int]:
+def check_tokens(model: Any, tokens: Any) -> torch.Tensor:
+    """``tokens`` if it is a non-empty integer ``[n_seq, seq_len]`` tensor of ids in the model's
+    vocabulary, else a NeuronKindsError."""
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.dtype.is_floating_point:
         raise NeuronKindsError("tokens must be an integer tensor [n_seq, seq_len]")
     if tokens.numel() == 0:
@@ -99,6 +101,11 @@ def _check(model: Any, tokens: Any, k: object, layers: Sequence[int] | None) -> 
     d_vocab = model.cfg.d_vocab
     if int(tokens.min()) < 0 or int(tokens.max()) >= d_vocab:
         raise NeuronKindsError(f"token ids must lie in 0..{d_vocab - 1}")
+    return tokens
+
+
+def _check(model: Any, tokens: Any, k: object, layers: Sequence[int] | None) -> list[int]:
+    check_tokens(model, tokens)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise NeuronKindsError(f"k must be a positive integer, got {k!r}")
     n_layers = model.cfg.n_layers
