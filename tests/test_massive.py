@@ -2,6 +2,7 @@
 states, however batched; a planted massive activation found where it was put."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -225,3 +226,43 @@ def test_effects_need_a_massive_activation() -> None:
     for effect in (nk.massive_intervention, nk.massive_attention):
         with pytest.raises(nk.NeuronKindsError, match="no massive activations were found"):
             effect(model, found, tokens)
+
+
+def test_the_report_and_the_page_show_massive_activations(planted, tmp_path) -> None:
+    model, tokens, found = planted
+    found = found.with_effects(
+        nk.massive_intervention(model, found, tokens), nk.massive_attention(model, found, tokens)
+    )
+    profile = nk.record(model, tokens, progress=False)
+    path = nk.report(profile, model, tmp_path / "report.html", tokens, massive=found)
+    text = path.read_text()
+    for part in ('id="massive"', 'aria-label="massive-magnitudes"', "massive-attention", "§3"):
+        assert part in text, part
+    assert text.index('id="massive"') < text.index('id="neurons"')  # after the paper's figures
+    from tl_neuronkinds.massive.page import massive_page
+
+    page = massive_page(found, tmp_path / "massive.html", "planted").read_text()
+    assert 'aria-label="massive-magnitudes"' in page and "data-nk-bundle" not in page
+
+
+def test_massive_command_writes_tables_and_page(tmp_path, capsys) -> None:
+    from tl_neuronkinds import cli
+
+    out = tmp_path / "massive"
+    args = ["massive", "--tokens", "2048", "--seq-len", "64", "--out", str(out)]
+    assert cli.main([*args, "--magnitude", "50", "--ratio", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "intervention" in printed and "top_1 / median" in printed
+    for name in ("top", "median", "dims", "tokens", "intervention", "attention"):
+        assert (out / f"massive_{name}.parquet").exists() and (out / f"massive_{name}.csv").exists()
+    assert list(pd.read_parquet(out / "massive_top.parquet").columns) == TOP_COLUMNS
+    assert (out / "massive.html").exists()
+    # At the paper's thresholds the embedded model has none: said, and no effect tables.
+    quiet = tmp_path / "quiet"
+    assert cli.main(["massive", "--tokens", "2048", "--out", str(quiet), "--no-page"]) == 0
+    assert "no massive activations" in capsys.readouterr().out
+    assert (
+        not (quiet / "massive_intervention.csv").exists() and not (quiet / "massive.html").exists()
+    )
+    assert cli.main([*args, "--ratio", "-1"]) == 2
+    assert "--ratio: expected a positive number" in capsys.readouterr().err

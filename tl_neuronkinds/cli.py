@@ -1,4 +1,5 @@
-"""The ``tl-neuronkinds`` command line: ``profile``, ``tables``, ``report`` and ``demo``.
+"""The ``tl-neuronkinds`` command line: ``profile``, ``tables``, ``report``, ``demo`` and
+``massive`` (``massive/command.py``).
 
 ``profile`` is the main job: load a model (default: the embedded one), tokenize a corpus
 (default: the embedded corpus's held-out split), record a NeuronProfile (``nk.record``, with
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--offload", choices=["cpu", "disk"], default=None, help="stream block weights"
     )
+    from tl_neuronkinds.massive.command import add_parser as add_massive
+
+    add_massive(sub)
     demo = sub.add_parser("demo", help="the main job on the embedded model and corpus")
     demo.add_argument("--out", default="neuronkinds-demo", help="output directory")
     demo.add_argument("--tokens", default=None, help="held-out tokens (default: all, ~284k)")
@@ -118,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             profile_command(_parser().parse_args(demo_args))
         elif args.command == "tables":
             tables_command(Path(args.dir))
+        elif args.command == "massive":
+            from tl_neuronkinds.massive.command import massive_command
+
+            massive_command(args)
         else:
             report_command(args)
     except NeuronKindsError as err:
@@ -253,9 +261,13 @@ def profile_command(args: argparse.Namespace) -> None:
         analysis = write_outputs(profile, out)
         wrote = f"profile/, {_TOKENS_FILE}, classification.csv/.parquet, summary_*.csv"
         if not args.no_report:
+            from tl_neuronkinds.massive.command import for_report
             from tl_neuronkinds.report import report
 
-            path = report(profile, model, out / _REPORT_FILE, tokens, analysis=analysis)
+            massive = for_report(model, tokens)
+            path = report(
+                profile, model, out / _REPORT_FILE, tokens, analysis=analysis, massive=massive
+            )
             wrote += f" and {_REPORT_FILE} ({path.stat().st_size / 2**20:.1f} MiB)"
         _write_run(out, settings, finished=True, report=not args.no_report)
         # The checkpoint only served a resume; finished, it would double the run's size on disk.
@@ -307,7 +319,9 @@ def report_command(args: argparse.Namespace) -> None:
         device=args.device,
         offload=args.offload,
     )
-    path = report(profile, model, out, tokens)
+    from tl_neuronkinds.massive.command import for_report
+
+    path = report(profile, model, out, tokens, massive=for_report(model, tokens))
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

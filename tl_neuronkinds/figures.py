@@ -265,3 +265,36 @@ def team_ranges(
         ax.set_xlabel("position")
         ax.grid(axis="x", alpha=0.3)
         return _svg(fig, fid)
+
+
+def magnitude_lines(fid: str, series: dict[str, pd.Series]) -> str:
+    """Massive activations (Sun et al. Figure 2's view): per layer, the top-1/2/3 magnitudes
+    and the median of hidden states, on a log scale (zeros are left out)."""
+    with _style():
+        fig = _figure()
+        ax = fig.add_subplot()
+        layers: list[int] = []
+        for label, values in series.items():
+            y = values.to_numpy(dtype=float)
+            ax.plot(values.index, np.where(y > 0, y, np.nan), marker="o", ms=3, label=label)
+            layers = list(values.index)
+        ax.set_yscale("log")
+        ax.set_ylabel("magnitude |h|")
+        _layer_axis(ax, layers)
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _svg(fig, fid)
+
+
+def head_heatmap(fid: str, table: pd.DataFrame, value: str, label: str) -> str:
+    """A layer x head grid of ``table[value]`` (rows ``layer``, ``head``), 0 to 1."""
+    grid = table.pivot(index="layer", columns="head", values=value)
+    with _style():
+        fig = _figure(height=max(_HIGH, 0.3 * len(grid) + 1))
+        ax = fig.add_subplot()
+        image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(grid.shape[1]), [str(h) for h in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [str(layer) for layer in grid.index])
+        fig.colorbar(image, ax=ax, label=label)
+        return _svg(fig, fid)

@@ -198,9 +198,10 @@ def widget(component: str, props: dict[str, Any], fallback: str = "") -> str:
     return f'<div id="{uid}" class="nk-widget">{fallback}</div><script>{script}</script>'
 
 
-def page(title: str, fragments: Iterable[str]) -> str:
+def page(title: str, fragments: Iterable[str], *, widgets: bool = True) -> str:
     """A complete, self-contained HTML document: ``fragments`` in order, the circuitsvis bundle
-    once, the views' stylesheet, and a Content-Security-Policy that allows no request.
+    once (where ``widgets``: a page of figures and tables only needs none), the views'
+    stylesheet, and a Content-Security-Policy that allows no request.
 
     Raises:
         NeuronKindsError: A fragment carries the bundle itself (a notebook output,
@@ -217,7 +218,8 @@ def page(title: str, fragments: Iterable[str]) -> str:
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n"
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n{bundle_script()}\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n"
+        f"{bundle_script() if widgets else ''}\n"
         f"</head><body>\n{body}\n</body></html>\n"
     )
 

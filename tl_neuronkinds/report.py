@@ -39,6 +39,7 @@ from tl_neuronkinds import figures
 from tl_neuronkinds.atomic import atomic_write_text
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import Analysis
+from tl_neuronkinds.massive.activations import MassiveActivations
 from tl_neuronkinds.recording.examples import windows_cover
 from tl_neuronkinds.recording.profile import IDENTITY_KEYS, NeuronProfile
 from tl_neuronkinds.report_figures import RunTables, figure_sections
@@ -75,6 +76,7 @@ def report(
     tokens: Int[torch.Tensor, "seq pos"] | None = None,
     *,
     analysis: Analysis | None = None,
+    massive: MassiveActivations | None = None,
 ) -> Path:
     """Write the HTML report of ``profile`` (see the module) to ``out``, atomically.
 
@@ -88,6 +90,9 @@ def report(
         analysis: An ``Analysis`` of ``profile`` (its cut-offs are the report's; the paper's by
             default) to reuse what it computed (``tl-neuronkinds profile`` passes the one its
             tables came from).
+        massive: ``massive_activations(model, ...)`` (with ``with_effects(...)`` where the
+            intervention and attention tables are wanted too): adds a section after the
+            paper's figures (Sun et al. 2024).
 
     Returns:
         The path written.
@@ -109,7 +114,12 @@ def report(
     run = RunTables(analysis, model, tokens)
     title = f"Neuron kinds: {run.model_name}"
     fragments = [f"<style>{_CSS}</style>", '<div class="nk-view nk-report">', _header(run, title)]
-    fragments += [*figure_sections(run), *_neuron_sections(run), "</div>"]
+    fragments += figure_sections(run)
+    if massive is not None:
+        from tl_neuronkinds.massive.page import massive_section
+
+        fragments.append(massive_section(massive))
+    fragments += [*_neuron_sections(run), "</div>"]
     return atomic_write_text(out, page(title, fragments))
 
 

@@ -14,7 +14,7 @@ median exact. Forwards stop after the last layer asked for.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,12 +60,22 @@ class MassiveActivations:
         median: One row per layer: ``layer``, ``median`` (of every magnitude of that layer).
         magnitude: The absolute threshold used.
         ratio: The threshold relative to the median used.
+        intervention: ``massive_intervention``'s table, where added (``with_effects``).
+        attention: ``massive_attention``'s table, where added.
     """
 
     top: pd.DataFrame
     median: pd.DataFrame
     magnitude: float
     ratio: float
+    intervention: pd.DataFrame | None = None
+    attention: pd.DataFrame | None = None
+
+    def with_effects(
+        self, intervention: pd.DataFrame | None = None, attention: pd.DataFrame | None = None
+    ) -> "MassiveActivations":
+        """A copy that carries the effects' tables too (for the report)."""
+        return replace(self, intervention=intervention, attention=attention)
 
     def dims(self) -> pd.DataFrame:
         """The dimensions holding massive activations: ``dim``, ``count`` (massive entries in
