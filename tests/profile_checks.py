@@ -6,14 +6,17 @@ import tl_neuronkinds as nk
 from tl_neuronkinds.recording import plan
 
 
-def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True) -> None:
+def assert_same(
+    x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True, moments: bool = True
+) -> None:
     """Equal settings, totals and every count, n-gram state (complete, tail), plan, top-k
-    activations (values to float32 rounding, their sequences and positions exactly) and
-    histograms.
+    activations (values to float32 rounding, their sequences and positions exactly),
+    histograms and activation power sums (to float32 rounding of the activations summed).
 
     ``tails=False`` compares the tail bounds only by what they prove (every incomplete active
     neuron censored in both): they depend on when a review dropped a neuron, which under
-    torch.distributed each rank decides on its own share.
+    torch.distributed each rank decides on its own share. ``moments=False`` skips the power
+    sums (one profile predates them).
     """
     assert (x.n_seqs, x.n_positions, x.n_text_positions) == (
         y.n_seqs,
@@ -48,6 +51,8 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True)
             assert torch.allclose(
                 cx.top_window_acts, cy.top_window_acts, rtol=1e-5, atol=1e-6, equal_nan=True
             ), layer
+        if moments:
+            assert_close_sums(cx.moments, cy.moments, rtol=1e-5)
         if plan_x is not None and plan_y is not None:
             assert torch.equal(plan_x[layer], plan_y[layer]), (layer, "plan")
         for n in range(1, x.ngram_max + 1):
@@ -62,3 +67,12 @@ def assert_same(x: nk.NeuronProfile, y: nk.NeuronProfile, *, tails: bool = True)
                         plan.ngram_active(profile, layer, n) > 0
                     )
                     assert plan.censored(profile, layer, n)[lacking].all(), (layer, n)
+
+
+def assert_close_sums(x: torch.Tensor | None, y: torch.Tensor | None, *, rtol: float) -> None:
+    """Two ``[4, d_mlp]`` power sums equal to ``rtol`` of the largest sum of each power (a sum of
+    terms of either sign may be near 0)."""
+    assert x is not None and y is not None
+    assert x.dtype == y.dtype == torch.float64
+    scale = x.abs().amax(1, keepdim=True)
+    assert bool(((x - y).abs() <= rtol * scale).all()), (x - y).abs().amax(1)

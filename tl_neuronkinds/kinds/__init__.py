@@ -19,6 +19,7 @@ from tl_neuronkinds.kinds.analysis import Analysis
 from tl_neuronkinds.kinds.classify import KINDS, classify
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.dead import dead_neurons
+from tl_neuronkinds.kinds.moments import activation_moments
 from tl_neuronkinds.kinds.neurons import ngram_coverage, positional_neurons, token_detectors
 from tl_neuronkinds.kinds.positional import position_frequencies
 from tl_neuronkinds.kinds.summaries import (
@@ -40,6 +41,7 @@ __all__ = [
     "Cutoffs",
     "EvidenceWarning",
     "UndecidableWarning",
+    "activation_moments",
     "classify",
     "dead_neurons",
     "fig1a",

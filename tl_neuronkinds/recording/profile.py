@@ -23,22 +23,26 @@ declared once, in the dataclasses below (``_role``):
   kept; merged exactly (the top-k of the parts' top-k).
 - ``examples_window``: the windows' ``(before, after)`` in ``profile.json``, None where none
   were kept; a merge keeps the windows where every part kept the same ones.
-- ``optional_counts``: a tensor that may be absent (the activation histogram); summed by a merge
-  where every part has it.
+- ``optional_counts``: a tensor that may be absent (the activation histogram, the activation
+  power sums); summed by a merge where every part has it (absent otherwise: a merge with a part
+  recorded before it was kept has none, never a partial sum).
 
 Per recorded layer (``LayerCounts``): ``active`` / ``active_text`` (active positions per neuron,
 over all positions and over text positions, §3), ``pos_active`` (``[seq_len, d_mlp]`` active
 counts at p over the sequences whose token at p is text, §5), ``ngrams[n]`` (the table of
 ``c_g(l, i)`` keyed ``g * d_mlp + i``, §4), ``complete`` / ``tail``, ``plan``, and where kept the
 top-k activations (``top_values`` / ``top_seq`` / ``top_pos``, with their context windows
-``top_window_acts`` / ``top_window_ids``) and the histogram ``hist``.
+``top_window_acts`` / ``top_window_ids``) and the histogram ``hist``; ``moments``
+(``[4, d_mlp]`` float64: row k - 1 holds the sum of ``h**k`` over the text positions, the
+positions of ``active_text``, for ``kinds.moments``; None in profiles of format 4 and before).
 Profile-wide: n-gram occurrences ``o_g``, the sequences with a text token at each position,
 totals, the tokenizer's string for each id and provenance metadata.
 
-On disk (format 4): ``counts.safetensors`` holds every integer tensor in the narrowest integer
-type that holds its values (read back as int64) and the top-k values and window activations as
-float32; ``profile.json`` holds the rest and the SHA-256 of ``counts.safetensors``, checked on
-load. Format 3 profiles (before context windows) load without windows; format 2 profiles
+On disk (format 5): ``counts.safetensors`` holds every integer tensor in the narrowest integer
+type that holds its values (read back as int64), the power sums as float64 and the top-k values
+and window activations as float32; ``profile.json`` holds the rest and the SHA-256 of
+``counts.safetensors``, checked on load. Format 4 profiles (before the power sums) load without
+``moments``; format 3 profiles (before context windows) without windows either; format 2 profiles
 (before top-k and histograms) with neither; format 1 profiles (before the n-gram cap) as
 exhaustive ones (every neuron complete).
 """
@@ -62,8 +66,8 @@ from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.recording.examples import TopTable, merge_top
 from tl_neuronkinds.recording.keys import Table, merge_tables
 
-FORMAT_VERSION = 4
-_READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+_READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _COUNTS_FILE = "counts.safetensors"
 _META_FILE = "profile.json"
 _HASH_BLOCK = 1 << 23
@@ -101,6 +105,8 @@ class LayerCounts:
     top_window_ids: Int[torch.Tensor, "d_mlp k w"] | None = _role("examples", default=None)
     # Each neuron's active values in the fixed bins of ``examples.HIST_EDGES``.
     hist: Int[torch.Tensor, "d_mlp bins"] | None = _role("optional_counts", default=None)
+    # Row k - 1: each neuron's sum of h**k over the text positions, float64; None before format 5.
+    moments: Float[torch.Tensor, "4 d_mlp"] | None = _role("optional_counts", default=None)
 
 
 @dataclass(eq=False)
@@ -541,14 +547,14 @@ def _from_version_1(
 
 def _narrowed(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Each integer tensor in the narrowest of uint8 / int32 / int64 that holds its values;
-    floating point ones (top-k values) as float32."""
+    float64 ones (power sums) as they are, other floating point ones (top-k values) as float32."""
     out = {}
     for name, tensor in tensors.items():
         t = tensor.detach().cpu().contiguous()
         if t.dtype == torch.bool:
             t = t.to(torch.uint8)
         elif t.is_floating_point():
-            t = t.to(torch.float32)
+            t = t if t.dtype == torch.float64 else t.to(torch.float32)
         elif t.numel() and int(t.min()) >= -(2**31) and int(t.max()) < 2**31:
             t = t.to(torch.int32)
         out[name] = t
