@@ -72,7 +72,9 @@ def test_massive_activations_equal_brute_force_over_the_cache() -> None:
         again = nk.massive_activations(
             model, tokens, k=5, batch_size=batch, magnitude=1.0, ratio=2.0
         )
-        assert again.top.equals(whole.top) and again.median.equals(whole.median)
+        # Other batch sizes may round the hidden states in the last bit (CPU matmul blocking).
+        pd.testing.assert_frame_equal(again.top, whole.top, rtol=1e-6)
+        pd.testing.assert_frame_equal(again.median, whole.median, rtol=1e-6)
     d_model, seq_len = model.cfg.d_model, tokens.shape[1]
     for layer in range(model.cfg.n_layers):
         hidden = cache[f"blocks.{layer}.hook_resid_post"].numpy()

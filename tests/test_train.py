@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, OPTForCausalLM
 
+import tl_neuronkinds
 from tl_neuronkinds.corpus import Corpus
 from tl_neuronkinds.data import embedded_model_dir
 from tl_neuronkinds.errors import NeuronKindsError
@@ -157,23 +158,34 @@ def test_build_model_rejects_heads_not_dividing_width() -> None:
 
 # ---------------------------------------------------------------------- the shipped checkpoints
 
-SHIPPED = {variant: embedded_model_dir(variant) for variant in ("standard", "nopos")}
+#: name: (variant, seed): the standard model, its other seeds (universal neurons), nopos.
+KINDS = {
+    "standard": ("standard", 0),
+    "seed1": ("standard", 1),
+    "seed2": ("standard", 2),
+    "nopos": ("nopos", 0),
+}
+SHIPPED = {name: embedded_model_dir(*kind) for name, kind in KINDS.items()}
 
 
-def test_shipped_models_exist_and_fit_in_25_mb() -> None:
-    for variant, path in SHIPPED.items():
-        assert (path / "model.safetensors").is_file(), f"{variant} model missing at {path}"
+def test_shipped_models_exist_and_the_package_stays_under_40_mb() -> None:
+    for name, path in SHIPPED.items():
+        assert (path / "model.safetensors").is_file(), f"{name} model missing at {path}"
     total = sum(f.stat().st_size for path in SHIPPED.values() for f in path.iterdir())
-    assert total <= 25 * 2**20
+    assert total <= 32 * 2**20
+    package = Path(tl_neuronkinds.__file__).parent
+    files = [f for f in package.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+    assert sum(f.stat().st_size for f in files) < 40 * 10**6
 
 
-@pytest.mark.parametrize("variant", ["standard", "nopos"])
-def test_shipped_model_loads_offline_and_matches_its_record(variant: str) -> None:
-    path = SHIPPED[variant]
+@pytest.mark.parametrize("name", list(KINDS))
+def test_shipped_model_loads_offline_and_matches_its_record(name: str) -> None:
+    variant, seed = KINDS[name]
+    path = SHIPPED[name]
     record = json.loads((path / RECORD_NAME).read_text())
     config = json.loads((path / "config.json").read_text())
     shape = record["config"]["shape"]
-    assert record["config"]["variant"] == variant
+    assert record["config"]["variant"] == variant and record["seed"] == seed
     assert (config["vocab_size"], config["hidden_size"], config["num_hidden_layers"]) == (
         shape["vocab_size"],
         shape["d_model"],
@@ -206,12 +218,14 @@ def test_shipped_model_loads_offline_and_matches_its_record(variant: str) -> Non
 
 
 def test_cli_defaults_reproduce_the_shipped_settings() -> None:
-    for variant, path in SHIPPED.items():
+    for name, path in SHIPPED.items():
+        variant, seed = KINDS[name]
         record = json.loads((path / RECORD_NAME).read_text())
-        args = _parser().parse_args(["--variant", variant])
+        args = _parser().parse_args(["--variant", variant, "--seed", str(seed)])
         assert args.tokens == record["config"]["n_tokens"] == record["tokens_seen"]
         assert args.lr == record["config"]["peak_lr"]
         assert args.batch_size == record["config"]["batch_size"]
         assert args.seed == record["seed"]
         assert args.threads == record["threads"]
-        assert record["config"] == dataclasses.replace(TrainConfig(), variant=variant).to_dict()
+        expected = dataclasses.replace(TrainConfig(), variant=variant, seed=seed)
+        assert record["config"] == expected.to_dict()

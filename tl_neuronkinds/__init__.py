@@ -16,6 +16,7 @@ from tl_neuronkinds.kinds import (
     Cutoffs,
     EvidenceWarning,
     UndecidableWarning,
+    activation_moments,
     classify,
     dead_neurons,
     figure_tables,
@@ -42,6 +43,15 @@ from tl_neuronkinds.recording import (
     top_activations,
 )
 from tl_neuronkinds.report import report  # eager: the module would shadow it (see below)
+from tl_neuronkinds.universal import (
+    UniversalNeurons,
+    bos_attention_scores,
+    correlation_matrix,
+    find_universal,
+    neuron_correlations,
+    universal_neurons,
+    weight_stats,
+)
 from tl_neuronkinds.version import __version__
 
 __all__ = [
@@ -56,18 +66,24 @@ __all__ = [
     "NeuronRecorder",
     "NeuronView",
     "UndecidableWarning",
+    "UniversalNeurons",
     "__version__",
     "activation_histogram",
+    "activation_moments",
+    "bos_attention_scores",
     "classify",
+    "correlation_matrix",
     "dead_neurons",
     "embedded_model_dir",
     "figure_tables",
+    "find_universal",
     "layer_summary",
     "load_opt",
     "massive_activations",
     "massive_attention",
     "massive_intervention",
     "max_activating_contexts",
+    "neuron_correlations",
     "ngram_coverage",
     "position_teams",
     "positional_neurons",
@@ -79,8 +95,10 @@ __all__ = [
     "token_detectors",
     "top_activations",
     "trigger_suppression",
+    "universal_neurons",
     "vocab_projection",
     "vocab_scores",
+    "weight_stats",
 ]
 
 #: Imported when first used (``tl_neuronkinds.vocab``).

@@ -1,5 +1,5 @@
-"""The ``tl-neuronkinds`` command line: ``profile``, ``tables``, ``report``, ``demo`` and
-``massive`` (``massive/command.py``).
+"""The ``tl-neuronkinds`` command line: ``profile``, ``tables``, ``report``, ``demo``,
+``massive`` (``massive/command.py``) and ``universal`` (``universal/command.py``).
 
 ``profile`` is the main job: load a model (default: the embedded one), tokenize a corpus
 (default: the embedded corpus's held-out split), record a NeuronProfile (``nk.record``, with
@@ -97,9 +97,21 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--offload", choices=["cpu", "disk"], default=None, help="stream block weights"
     )
+    rep.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="MODEL",
+        help="add a universal-neurons section: the run's model against these models of its "
+        "tokenizer ('seeds': the embedded model's other seeds), over the run's first "
+        "16,384 tokens",
+    )
     from tl_neuronkinds.massive.command import add_parser as add_massive
 
     add_massive(sub)
+    from tl_neuronkinds.universal.command import add_parser as add_universal
+
+    add_universal(sub)
     demo = sub.add_parser("demo", help="the main job on the embedded model and corpus")
     demo.add_argument("--out", default="neuronkinds-demo", help="output directory")
     demo.add_argument("--tokens", default=None, help="held-out tokens (default: all, ~284k)")
@@ -126,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from tl_neuronkinds.massive.command import massive_command
 
             massive_command(args)
+        elif args.command == "universal":
+            from tl_neuronkinds.universal.command import universal_command
+
+            universal_command(args)
         else:
             report_command(args)
     except NeuronKindsError as err:
@@ -321,7 +337,14 @@ def report_command(args: argparse.Namespace) -> None:
     )
     from tl_neuronkinds.massive.command import for_report
 
-    path = report(profile, model, out, tokens, massive=for_report(model, tokens))
+    universal = None
+    if args.compare is not None:
+        from tl_neuronkinds.universal.command import compare_for_report
+
+        universal = compare_for_report(model, args.compare, tokens, profile, args)
+    path = report(
+        profile, model, out, tokens, massive=for_report(model, tokens), universal=universal
+    )
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

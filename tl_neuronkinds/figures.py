@@ -13,10 +13,13 @@ text stays text (``svg.fonttype = none``: smaller, searchable). Every ``id`` ins
 prefixed with the figure's own id, so many figures share one page without clashing ids.
 """
 
+import html
 import io
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -298,3 +301,13 @@ def head_heatmap(fid: str, table: pd.DataFrame, value: str, label: str) -> str:
         ax.set_yticks(range(grid.shape[0]), [str(layer) for layer in grid.index])
         fig.colorbar(image, ax=ax, label=label)
         return _svg(fig, fid)
+
+
+def section_page(title: str, section: str, out: str | os.PathLike) -> Path:
+    """A report section (figures and tables, no widgets) as a self-contained HTML page at
+    ``out``, written atomically (``tl-neuronkinds massive`` and ``universal``)."""
+    from tl_neuronkinds.atomic import atomic_write_text
+    from tl_neuronkinds.render import page
+
+    body = ['<div class="nk-view nk-report">', f"<h1>{html.escape(title)}</h1>", section, "</div>"]
+    return atomic_write_text(out, page(title, body, widgets=False))

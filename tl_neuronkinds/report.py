@@ -43,6 +43,7 @@ from tl_neuronkinds.massive.activations import MassiveActivations
 from tl_neuronkinds.recording.examples import windows_cover
 from tl_neuronkinds.recording.profile import IDENTITY_KEYS, NeuronProfile
 from tl_neuronkinds.report_figures import RunTables, figure_sections
+from tl_neuronkinds.universal.findings import UniversalNeurons
 
 MAX_DETECTORS = 48  # detector sections, by decreasing evidence
 MAX_TEAM = 16  # neurons of Figure 9's team with a section
@@ -77,6 +78,7 @@ def report(
     *,
     analysis: Analysis | None = None,
     massive: MassiveActivations | None = None,
+    universal: UniversalNeurons | None = None,
 ) -> Path:
     """Write the HTML report of ``profile`` (see the module) to ``out``, atomically.
 
@@ -93,6 +95,8 @@ def report(
         massive: ``massive_activations(model, ...)`` (with ``with_effects(...)`` where the
             intervention and attention tables are wanted too): adds a section after the
             paper's figures (Sun et al. 2024).
+        universal: ``find_universal([model, ...], tokens)`` (``tl_neuronkinds.universal
+            .findings``): adds a universal-neurons section (Gurnee et al. 2024).
 
     Returns:
         The path written.
@@ -119,6 +123,10 @@ def report(
         from tl_neuronkinds.massive.page import massive_section
 
         fragments.append(massive_section(massive))
+    if universal is not None:
+        from tl_neuronkinds.universal.page import universal_section
+
+        fragments.append(universal_section(universal))
     fragments += [*_neuron_sections(run), "</div>"]
     return atomic_write_text(out, page(title, fragments))
 

@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--no-page", action="store_true", help=f"write no {PAGE}")
 
 
-def _positive(name: str, value: str) -> float:
+def positive(name: str, value: str) -> float:
     try:
         number = float(value)
     except ValueError:
@@ -88,7 +88,7 @@ def for_report(model: Any, tokens: Any) -> Any:
     return measure(model, tokens[:rows])
 
 
-def _write(out: Path, name: str, table: pd.DataFrame) -> None:
+def write_table(out: Path, name: str, table: pd.DataFrame) -> None:
     atomic_write(out / f"{name}.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
 
@@ -101,8 +101,8 @@ def massive_command(args: argparse.Namespace) -> None:
     n_tokens = cli._int("--tokens", args.tokens)
     seq_len = cli._int("--seq-len", args.seq_len, low=2)
     k = cli._int("--k", args.k) or 3
-    magnitude = _positive("--magnitude", args.magnitude)
-    ratio = _positive("--ratio", args.ratio)
+    magnitude = positive("--magnitude", args.magnitude)
+    ratio = positive("--ratio", args.ratio)
     batch = cli._int("--batch-size", args.batch_size)
     if not args.no_page:
         cli._require_report()
@@ -128,10 +128,10 @@ def massive_command(args: argparse.Namespace) -> None:
             "massive_attention": found.attention,
         }
         for name, table in tables.items():
-            _write(out, name, table)
+            write_table(out, name, table)
         wrote += list(tables)
-    _write(out, "massive_top", found.top)
-    _write(out, "massive_median", found.median)
+    write_table(out, "massive_top", found.top)
+    write_table(out, "massive_median", found.median)
     _print_summary(found, tokens)
     written = ", ".join(f"{name}.csv/.parquet" for name in wrote)
     if not args.no_page:

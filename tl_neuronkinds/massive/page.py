@@ -1,14 +1,12 @@
 """Massive activations as HTML: a section for the report (``nk.report(..., massive=...)``) and a
 page of its own (``tl-neuronkinds massive``). Figures are matplotlib SVG (``figures.py``)."""
 
-import html
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from tl_neuronkinds import figures
-from tl_neuronkinds.atomic import atomic_write_text
 from tl_neuronkinds.massive.activations import MassiveActivations
 
 
@@ -63,9 +61,5 @@ def massive_section(found: MassiveActivations) -> str:
 
 def massive_page(found: MassiveActivations, out: str | os.PathLike, title: str) -> Path:
     """Write ``massive_section`` as a self-contained HTML page to ``out``, atomically."""
-    from tl_neuronkinds.render import page
-
     figures.require_matplotlib()
-    body = ['<div class="nk-view nk-report">', f"<h1>{html.escape(title)}</h1>"]
-    body += [massive_section(found), "</div>"]
-    return atomic_write_text(out, page(title, body, widgets=False))
+    return figures.section_page(title, massive_section(found), out)

@@ -6,6 +6,11 @@ standard model's tokenizer::
 
     python -m tl_neuronkinds.training --variant standard --threads 1
     python -m tl_neuronkinds.training --variant nopos --threads 1
+
+and the other seeds of the standard model (universal neurons), on its tokenizer::
+
+    python -m tl_neuronkinds.training --variant standard --seed 1 --threads 1
+    python -m tl_neuronkinds.training --variant standard --seed 2 --threads 1
 """
 
 import argparse
@@ -34,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokenizer",
         type=Path,
-        help="reuse the tokenizer in this directory (default: train one for --variant standard, "
-        "reuse the shipped standard model's for --variant nopos)",
+        help="reuse the tokenizer in this directory (default: train one for --variant standard "
+        "--seed 0, else reuse the shipped standard model's)",
     )
     parser.add_argument("--lr", type=float, default=_DEFAULTS.peak_lr, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
@@ -59,9 +64,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_size=args.batch_size,
         shape=dataclasses.replace(_DEFAULTS.shape, d_mlp=args.d_mlp),
     )
-    out = args.out or embedded_model_dir(args.variant)
+    out = args.out or embedded_model_dir(args.variant, args.seed)
     tokenizer_dir = args.tokenizer
-    if tokenizer_dir is None and args.variant == "nopos":
+    if tokenizer_dir is None and (args.variant == "nopos" or args.seed != 0):
         tokenizer_dir = embedded_model_dir("standard")
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir is not None else None
     record = train(

@@ -1,0 +1,21 @@
+"""Universal neurons (Gurnee et al. 2024, "Universal Neurons in GPT2 Language Models"):
+correlations of neuron activations across models (``correlations.py``), statistics of neurons'
+weights (``weights.py``), and both joined with activation moments (``findings.py``)."""
+
+from tl_neuronkinds.universal.correlations import (
+    correlation_matrix,
+    neuron_correlations,
+    universal_neurons,
+)
+from tl_neuronkinds.universal.findings import UniversalNeurons, find_universal
+from tl_neuronkinds.universal.weights import bos_attention_scores, weight_stats
+
+__all__ = [
+    "UniversalNeurons",
+    "find_universal",
+    "bos_attention_scores",
+    "correlation_matrix",
+    "neuron_correlations",
+    "universal_neurons",
+    "weight_stats",
+]
