@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.kinds._common import check_positive_int
+from tl_neuronkinds.kinds.moments import FLAT
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.recording.recorder import check_layers, check_tokens
 from tl_neuronkinds.vocab import _d_mlp
@@ -44,9 +46,6 @@ MEMORY = 2 << 30
 _TILE_BYTES = 24
 #: Activation bytes per forward batch where ``batch_size`` is not given.
 BATCH_BYTES = 256 << 20
-#: A variance at most this times the mean square is treated as zero (a constant neuron):
-#: its correlations are undefined (NaN) rather than rounding noise.
-FLAT = 1e-12
 COLUMNS = [
     "layer",
     "neuron",
@@ -131,7 +130,9 @@ class _Moments:
         return self.s1 / self.n
 
     def std(self) -> torch.Tensor:
-        """Population standard deviation, NaN for a constant column (see FLAT)."""
+        """Population standard deviation, NaN for a constant column: a variance at most
+        ``FLAT`` (``kinds.moments``) times the mean square is rounding noise, so its
+        correlations are undefined rather than noise."""
         mean = self.mean()
         var = self.s2 / self.n - mean * mean
         return var.clamp(min=0).sqrt().where(var > FLAT * (mean + self.shift) ** 2, torch.nan)
@@ -186,12 +187,6 @@ def bos_of(model: Any, bos_token_id: int | None) -> int:
     return int(found)
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NeuronKindsError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 @dataclass
 class _Run:
     """Everything fixed for one ``neuron_correlations`` call."""
@@ -221,16 +216,18 @@ class _Run:
         return out
 
     def tiles(
-        self, tile: int, baseline: bool = True
+        self, tile: int
     ) -> Iterator[tuple[slice, Float[torch.Tensor, "tile n_b"], torch.Tensor | None]]:
         """Per tile of A's columns (one pass over the tokens each): the columns, their
-        correlations with B's neurons, and (``baseline``) with B's rotated neurons."""
+        correlations with B's neurons, and (where the run has rotations) with B's rotated ones."""
         b_moments = r_moments = None
         for start in range(0, self.a.size, tile):
             cols = slice(start, min(start + tile, self.a.size))
             products, a_moments, b_moments, r_moments = _pass(self, cols, b_moments, r_moments)
             rotated = (
-                _correlations_(self.rotate(products), a_moments, r_moments) if baseline else None
+                _correlations_(self.rotate(products), a_moments, r_moments)
+                if r_moments is not None
+                else None
             )
             yield cols, _correlations_(products, a_moments, b_moments), rotated
             del products, rotated
@@ -280,7 +277,7 @@ def neuron_correlations(
     run, k = _prepare(
         model_a, model_b, tokens, layers_a, layers_b, k, batch_size, seed, bos_token_id
     )
-    memory = _positive_int("memory", memory)
+    memory = check_positive_int("memory", memory)
     tile = memory // (_TILE_BYTES * run.b.size)
     if tile < 1:
         raise NeuronKindsError(
@@ -303,31 +300,39 @@ def _prepare(
     layers_b: Sequence[int] | None,
     k: object,
     batch_size: object,
-    seed: int,
+    seed: int | None,
     bos_token_id: int | None,
 ) -> tuple[_Run, int]:
+    """The checked inputs as a ``_Run``, its rotations drawn from ``seed`` (None: no baseline,
+    no rotations), and ``k``."""
     _check_models(model_a, model_b)
     bos = bos_of(model_a, bos_token_id)
     check_tokens(tokens, model_a, bos)
     check_tokens(tokens, model_b, bos)
-    k = _positive_int("k", k)
+    k = check_positive_int("k", k)
     a = _Side(model_a, check_layers(layers_a, model_a.cfg.n_layers))
     b = _Side(model_b, check_layers(layers_b, model_b.cfg.n_layers))
     if batch_size is None:
         row_bytes = tokens.shape[1] * (a.size + 2 * b.size) * 8
         batch_size = max(1, BATCH_BYTES // row_bytes)
-    batch = _positive_int("batch_size", batch_size)
-    generator = torch.Generator().manual_seed(seed)
+    batch = check_positive_int("batch_size", batch_size)
     device = next(model_a.parameters()).device
-    rotations = [orthogonal(b.d_mlp, generator).to(device) for _ in b.layers]
+    rotations = []
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+        rotations = [orthogonal(b.d_mlp, generator).to(device) for _ in b.layers]
     return _Run(a, b, tokens, bos, batch, device, rotations), k
 
 
 def _pass(
-    run: _Run, cols: slice, b_moments: _Moments | None, r_moments: _Moments | None
-) -> tuple[torch.Tensor, _Moments, _Moments, _Moments]:
+    run: _Run,
+    cols: slice,
+    b_moments: _Moments | None,
+    r_moments: _Moments | None,
+) -> tuple[torch.Tensor, _Moments, _Moments, _Moments | None]:
     """One pass over the tokens: sums of products of A's columns ``cols`` with all of B's, and
-    each side's sums (B's and its rotation's on the first pass only)."""
+    each side's sums (B's, and where the run has rotations its rotation's, on the first pass
+    only)."""
     first_pass = b_moments is None
     products = torch.zeros(
         cols.stop - cols.start, run.b.size, dtype=torch.float64, device=run.device
@@ -345,14 +350,14 @@ def _pass(
         a_moments.add(a)
         if first_pass:
             b_moments.add(b)
-            rotated = run.rotate(b)
+        if first_pass and run.rotations:
             if r_moments is None:
                 r_moments = _Moments(
                     torch.zeros(run.b.size, dtype=torch.float64, device=run.device)
                 )
-            r_moments.add(rotated)
+            r_moments.add(run.rotate(b))
         products.addmm_(a.T, b)
-    if a_moments is None or b_moments is None or r_moments is None:
+    if a_moments is None or b_moments is None:
         raise NeuronKindsError("tokens hold no text position (every token is BOS)")
     return products, a_moments, b_moments, r_moments
 
@@ -412,15 +417,17 @@ def correlation_matrix(
         NeuronKindsError: The matrix does not fit (the message gives the bytes needed), or
             any input ``neuron_correlations`` refuses.
     """
-    run, _ = _prepare(model_a, model_b, tokens, layers_a, layers_b, 1, batch_size, 0, bos_token_id)
+    run, _ = _prepare(
+        model_a, model_b, tokens, layers_a, layers_b, 1, batch_size, None, bos_token_id
+    )
     needed = 8 * run.a.size * run.b.size  # the float64 sums, turned into the matrix in place
-    if needed > _positive_int("memory", memory):
+    if needed > check_positive_int("memory", memory):
         raise NeuronKindsError(
             f"the {run.a.size} x {run.b.size} correlation matrix needs {needed:,} bytes of "
             f"accumulators, more than memory={memory:,}: raise memory, choose fewer layers, "
             "or use neuron_correlations, which keeps each neuron's best matches only"
         )
-    ((_, corr, _),) = list(run.tiles(run.a.size, baseline=False))
+    ((_, corr, _),) = list(run.tiles(run.a.size))
     return pd.DataFrame(corr.cpu().numpy(), index=_index(run.a, "a"), columns=_index(run.b, "b"))
 
 
