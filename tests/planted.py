@@ -1,4 +1,5 @@
-"""A tiny OPT-like HookedTransformer with hand-set weights whose every neuron's kind is known.
+"""A tiny OPT-like TransformerLens model with hand-set weights whose every neuron's kind is known
+(``tl_models.tl_model``: a HookedTransformer on 3.9, a native TransformerBridge on 4.x).
 
 ReLU MLPs, no LayerNorm, learned absolute positions, two layers. The residual stream is split
 into named blocks of one-hot features:
@@ -14,8 +15,10 @@ attention are zero, so layer 1 reads the same features. ``EXPECTED`` gives every
 and, where it has them, its triggers, positional type and strength.
 """
 
+from typing import Any
+
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tl_models import tl_model
 
 VOCAB = [
     "<s>", "<pad>", "</s>", "<unk>", " the", " The", " cat", " Cat",
@@ -116,13 +119,13 @@ EXPECTED: dict[tuple[int, int], dict] = {
 }
 
 
-def planted_model() -> HookedTransformer:
+def planted_model() -> Any:
     """The planted model (see the module docstring)."""
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=2, d_model=D_MODEL, d_mlp=D_MLP, d_head=T, n_heads=2, n_ctx=T, d_vocab=D_VOCAB,
         act_fn="relu", normalization_type=None, positional_embedding_type="standard", seed=0,
     )  # fmt: skip
-    model = HookedTransformer(cfg)
+    model = tl_model(**cfg)
     with torch.no_grad():
         for param in model.parameters():
             param.zero_()

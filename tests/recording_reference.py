@@ -2,9 +2,10 @@
 recording tests. The reference shares no code with tl_neuronkinds.recording: plain loops."""
 
 from collections import Counter
+from typing import Any
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tl_models import tl_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.recording.keys import split_ngram_ids
@@ -13,12 +14,12 @@ BOS = 2
 D_VOCAB = 40
 
 
-def tiny_model(seed: int = 0, act_fn: str = "relu") -> HookedTransformer:
-    cfg = HookedTransformerConfig(
+def tiny_model(seed: int = 0, act_fn: str = "relu") -> Any:
+    cfg = dict(
         n_layers=3, d_model=16, d_mlp=24, d_head=4, n_heads=4, n_ctx=24, d_vocab=D_VOCAB,
         act_fn=act_fn, normalization_type="LN", seed=seed,
     )  # fmt: skip
-    return HookedTransformer(cfg)
+    return tl_model(**cfg)
 
 
 def random_tokens(seed: int, n_seq: int = 5, seq_len: int = 12, vocab: int = 8) -> torch.Tensor:

@@ -3,22 +3,23 @@ every count, the n-gram plan and which neurons are complete; the tail bounds pro
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from profile_checks import assert_same
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tl_models import tl_model
 
 import tl_neuronkinds as nk
 
 
-def _model() -> HookedTransformer:
-    cfg = HookedTransformerConfig(
+def _model() -> Any:
+    cfg = dict(
         n_layers=2, d_model=16, d_mlp=24, d_head=4, n_heads=4, n_ctx=16, d_vocab=30,
         act_fn="relu", normalization_type="LN", seed=3,
     )  # fmt: skip
-    return HookedTransformer(cfg)
+    return tl_model(**cfg)
 
 
 def _tokens() -> torch.Tensor:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tl_models import tl_model
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import (
@@ -380,11 +380,11 @@ def test_kinds_match_brute_force(
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_record_on_hooked_transformer_matches_brute_force(seed):
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=2, d_model=32, d_mlp=64, d_head=8, n_heads=4, n_ctx=32, d_vocab=50,
         act_fn="relu", normalization_type="LN", seed=seed,
     )  # fmt: skip
-    model = HookedTransformer(cfg)
+    model = tl_model(**cfg)
     rng = np.random.default_rng(seed)
     tokens = torch.tensor(rng.integers(0, 6, size=(6, 32)), dtype=torch.int64)
     tokens[:, 0] = BOS

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opt_fixtures import make_tiny_opt
 from recording_reference import random_tokens, tiny_model
+from tl_models import is_bridge, position_rows
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.massive.activations import TOP_COLUMNS
@@ -102,7 +103,7 @@ def test_a_planted_massive_activation_is_found_at_its_place(tmp_path) -> None:
     path = make_tiny_opt(tmp_path / "ckpt", n_layers=3, vocab=61)
     model = nk.load_opt(path, device="cpu")
     with torch.no_grad():
-        model.pos_embed.W_pos[0, 7] = 5000.0
+        position_rows(model)[0, 7] = 5000.0
     tokens = random_tokens(9, n_seq=4, seq_len=10, vocab=61)
     found = nk.massive_activations(model, tokens, k=5)
     first = found.top[found.top["rank"] == 0]
@@ -126,7 +127,9 @@ def test_layers_stop_the_forward_and_streamed_models_agree(tmp_path) -> None:
     streamed_model = nk.load_opt(path, device="cpu", offload="disk")
     streamed = nk.massive_activations(streamed_model, tokens, layers=[0, 1])
     assert streamed.top.equals(resident.top) and resident.median["layer"].tolist() == [0, 1]
-    assert 2 not in nk.loading.streamer_of(streamed_model).loads
+    # Blocks 0 and 1 run; a bridge also calls block 2, where it stops, and so loads it.
+    loaded = set(nk.loading.streamer_of(streamed_model).loads)
+    assert loaded == ({0, 1, 2} if is_bridge(streamed_model) else {0, 1})
 
 
 @pytest.mark.parametrize(
@@ -162,7 +165,7 @@ def planted(tmp_path_factory):
     path = make_tiny_opt(tmp_path_factory.mktemp("planted") / "ckpt", n_layers=3, vocab=61)
     model = nk.load_opt(path, device="cpu")
     with torch.no_grad():
-        model.pos_embed.W_pos[0, 7] = 5000.0
+        position_rows(model)[0, 7] = 5000.0
     tokens = random_tokens(9, n_seq=6, seq_len=10, vocab=61)
     return model, tokens, nk.massive_activations(model, tokens, k=6)
 

@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from planted import BOS, EXPECTED, VOCAB, planted_model, planted_tokens
+from tl_models import tl_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import render
@@ -411,11 +412,9 @@ def test_unknown_status_and_a_profile_without_top_activations(model, tokens) -> 
     small = tiny_model()  # d_vocab 40, d_mlp 24: refused, the profile has 2 neurons
     with pytest.raises(nk.NeuronKindsError, match="d_mlp is 2"):
         nk.show_neuron(small, merged, 0, 0)
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(n_layers=1, d_model=8, d_mlp=2, d_head=4, n_heads=2, n_ctx=16,
+    cfg = dict(n_layers=1, d_model=8, d_mlp=2, d_head=4, n_heads=2, n_ctx=16,
                                   d_vocab=40, act_fn="relu", normalization_type="LN", seed=0)  # fmt: skip
-    view = nk.show_neuron(HookedTransformer(cfg), merged, 0, 0)
+    view = nk.show_neuron(tl_model(**cfg), merged, 0, 0)
     coverage = view.coverage.set_index("n")
     assert coverage.loc[2, "status"] == "unknown" and pd.isna(coverage.loc[2, "k95"])
     assert coverage.loc[3, "status"] == "not recorded" and pd.isna(coverage.loc[3, "A"])

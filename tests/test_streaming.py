@@ -6,6 +6,7 @@ import psutil
 import pytest
 import torch
 from opt_fixtures import make_tiny_opt, random_tokens
+from tl_models import is_bridge
 
 from tl_neuronkinds.loading import load_opt, loaded_block, offload_mode, stop_at, streamer_of
 
@@ -77,13 +78,13 @@ def test_hooks_cache_and_stop_at_layer_match_resident(variant, offload, ckpts, r
         # bridge calls block 2 before it stops, so that one is loaded there).
         streamer.loads.clear()
         stopped = model(TOKENS, stop_at_layer=2)
-        assert set(streamer.loads) == ({0, 1} if variant == "hooked" else {0, 1, 2})
+        assert set(streamer.loads) == ({0, 1, 2} if is_bridge(model) else {0, 1})
         torch.testing.assert_close(stopped, ref(TOKENS, stop_at_layer=2), atol=1e-5, rtol=0)
         streamer.loads.clear()
         model.run_with_cache(TOKENS, stop_at_layer=1)
         # The bridge's run_with_cache calls forward directly, past the model's hooks: not told,
         # it loads block 1 (which it calls before stopping) and prefetches block 2.
-        assert set(streamer.loads) == ({0} if variant == "hooked" else {0, 1, 2})
+        assert set(streamer.loads) == ({0, 1, 2} if is_bridge(model) else {0})
     _assert_released(model)
     assert streamer.max_resident == 2
 
@@ -183,7 +184,7 @@ def test_stop_at_layer_loads_the_blocks_that_run_and_one_more_at_most(
             torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
             k = stop % N_LAYERS
             runs = set(range(k))
-            if variant == "hooked":
+            if not is_bridge(model):
                 loaded = runs if told else runs | {k}  # not told: block k prefetched
             else:  # the bridge calls block k before it stops; not told, k prefetches k + 1
                 loaded = runs | {k} if told else runs | ({k, k + 1} & set(range(N_LAYERS)))

@@ -2,6 +2,7 @@
 streamed models, ties and bad input; trigger suppression against a brute-force reference."""
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 import torch
 from opt_fixtures import make_tiny_opt, random_tokens
 from planted import BOS, D_VOCAB, PREV2, TOK, VOCAB, planted_model, planted_tokens
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tl_models import TL4, process_weights, tl_model
 from transformers import OPTForCausalLM
 
 import tl_neuronkinds as nk
@@ -143,7 +144,7 @@ def test_chunks_give_the_same_table(checkpoints, monkeypatch):
     pd.testing.assert_frame_equal(vocab_projection(model, 1, k=5), whole)
 
 
-def _one_hot_unembedding(model: HookedTransformer) -> None:
+def _one_hot_unembedding(model: Any) -> None:
     """Logit of token t reads residual dimension PREV2 + t (a block layer 1 never reads)."""
     with torch.no_grad():
         model.unembed.W_U.zero_()
@@ -180,11 +181,11 @@ def test_planted_rows_promote_and_suppress_known_tokens_ties_by_id():
 
 def test_planted_layernorm_is_centred_and_scaled_as_fold_ln_would():
     d = 8
-    cfg = HookedTransformerConfig(
+    cfg = dict(
         n_layers=1, d_model=d, d_mlp=4, d_head=4, n_heads=2, n_ctx=4, d_vocab=d,
         act_fn="relu", normalization_type="LN", seed=0,
     )  # fmt: skip
-    model = HookedTransformer(cfg)
+    model = tl_model(**cfg)
     gain = torch.tensor([3.0, 1.0, 1.0, 2.0, 1.0, 1.0, 0.5, 1.0])
     with torch.no_grad():
         model.ln_final.w.copy_(gain)
@@ -207,13 +208,18 @@ def test_planted_layernorm_is_centred_and_scaled_as_fold_ln_would():
         6,
         3,
     ]
-    # TransformerLens's own processing (fold_ln, centred W_out) leaves s unchanged.
+    # TransformerLens's own processing (fold_ln, centred W_out) leaves s unchanged; 4.x's
+    # fold_ln also centres W_U over the vocabulary (center_unembed=False notwithstanding),
+    # which moves each row of s by a constant: the ranks, and the logits' softmax, stay.
     with torch.no_grad():
         model.blocks[0].mlp.W_out.copy_(torch.randn(4, d))
-    before = vocab_scores(model, 0)
-    model.process_weights_(fold_ln=True, center_writing_weights=True, center_unembed=False)
-    assert model.cfg.normalization_type == "LNPre"
-    torch.testing.assert_close(vocab_scores(model, 0), before)
+    before, w_u = vocab_scores(model, 0), model.W_U.detach().clone()
+    process_weights(model, fold_ln=True, center_writing_weights=True, center_unembed=False)
+    assert not torch.equal(model.W_U, w_u)  # the gain went into W_U
+    after = vocab_scores(model, 0)
+    if TL4:
+        after, before = after - after.mean(1, keepdim=True), before - before.mean(1, keepdim=True)
+    torch.testing.assert_close(after, before)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -230,7 +236,7 @@ def test_ranked_is_a_stable_sort_of_each_row(seed):
             assert values.tolist() == np.take_along_axis(scores.numpy(), expect, 1).tolist()
 
 
-def _recorded_planted(model: HookedTransformer) -> nk.NeuronProfile:
+def _recorded_planted(model: Any) -> nk.NeuronProfile:
     profile = nk.record(model, planted_tokens(), bos_token_id=BOS, progress=False)
     profile.token_strings = list(VOCAB)
     return profile
@@ -335,8 +341,8 @@ def test_trigger_suppression_refuses_a_profile_of_another_model(planted_suppress
     del anonymous.meta["model_fingerprint"]
     with pytest.raises(NeuronKindsError, match="no model_fingerprint"):
         trigger_suppression(model, anonymous)
-    small = HookedTransformer(
-        HookedTransformerConfig(n_layers=2, d_model=8, d_mlp=4, d_head=4, n_ctx=8, d_vocab=16,
+    small = tl_model(
+        **dict(n_layers=2, d_model=8, d_mlp=4, d_head=4, n_ctx=8, d_vocab=16,
                                 act_fn="relu", normalization_type=None)
     )  # fmt: skip
     with pytest.raises(NeuronKindsError, match="does not fit the model"):
@@ -363,8 +369,8 @@ def test_bad_arguments_raise(checkpoints):
             vocab_projection(model, **kwargs)
     with pytest.raises(NeuronKindsError, match="neuron 64 out of range"):
         vocab_scores(model, 0, torch.tensor([64]))
-    rms = HookedTransformer(
-        HookedTransformerConfig(n_layers=1, d_model=8, d_mlp=4, d_head=4, n_ctx=8, d_vocab=16,
+    rms = tl_model(
+        **dict(n_layers=1, d_model=8, d_mlp=4, d_head=4, n_ctx=8, d_vocab=16,
                                 act_fn="relu", normalization_type="RMS")
     )  # fmt: skip
     with pytest.raises(NeuronKindsError, match="normalization_type 'RMS' is not supported"):

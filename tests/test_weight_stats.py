@@ -9,6 +9,7 @@ import scipy.stats
 import torch
 from opt_fixtures import make_tiny_opt, random_tokens
 from safetensors.torch import load_file, save_file
+from tl_models import process_weights
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import OPTForCausalLM
 
@@ -243,7 +244,7 @@ def test_streamed_models_give_identical_tables(layout, checkpoints, monkeypatch)
 def test_centred_writing_weights_keep_the_vocabulary_statistics(checkpoints):
     model = nk.load_opt(checkpoints["pre-ln"])
     before = nk.weight_stats(model)
-    model.process_weights_(fold_ln=False, center_writing_weights=True, center_unembed=False)
+    process_weights(model, fold_ln=False, center_writing_weights=True, center_unembed=False)
     after = nk.weight_stats(model)
     columns = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt", "null_fraction"]
     pd.testing.assert_frame_equal(after[columns], before[columns], rtol=1e-5, atol=1e-7)

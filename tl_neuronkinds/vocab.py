@@ -87,9 +87,16 @@ class Readout:
 
 
 def _is_bridge(model: Any) -> bool:
-    from transformer_lens.model_bridge import TransformerBridge
+    """Whether ``model`` is a TransformerBridge around Hugging Face's OPT (``load_opt``'s bridge:
+    OPT-350m on TransformerLens 3.9, every OPT on 4.x). A HookedTransformer, or a bridge around
+    TransformerLens's own native model, keeps its weights as ``cfg`` describes them."""
+    original = getattr(model, "original_model", None)
+    return hasattr(getattr(getattr(original, "model", None), "decoder", None), "project_out")
 
-    return isinstance(model, TransformerBridge)
+
+def _is_foreign_bridge(model: Any) -> bool:
+    """A bridge around a Hugging Face model that is not OPT (its weights are laid out otherwise)."""
+    return hasattr(getattr(model, "original_model", None), "config") and not _is_bridge(model)
 
 
 def _weight(module: Any) -> torch.Tensor | None:
@@ -98,14 +105,27 @@ def _weight(module: Any) -> torch.Tensor | None:
     return None if weight is None else weight.detach()
 
 
+def gain(norm: Any) -> torch.Tensor | None:
+    """A LayerNorm's gain as the model holds it now (detached), None where it has none (no
+    LayerNorm, or ``LNPre`` after ``fold_ln``). A bridge's ``w`` is an alias bound when the
+    bridge was built (a streamed block's placeholder, say); the module it wraps holds the
+    current ``weight``."""
+    if getattr(norm, "original_component", None) is not None:
+        return _weight(norm)
+    w = getattr(norm, "w", None)
+    return None if w is None else w.detach()
+
+
 def readout(model: Any, layer: int) -> Readout:
-    """The ``Readout`` of ``layer``'s FFN updates in ``model`` (a HookedTransformer, or an OPT
-    TransformerBridge from ``load_opt``).
+    """The ``Readout`` of ``layer``'s FFN updates in ``model``: a HookedTransformer, a bridge of
+    TransformerLens's native model (4.x), or an OPT TransformerBridge from ``load_opt``.
 
     Raises:
         NeuronKindsError: A normalization other than LayerNorm, or a bridge that is not OPT.
     """
     gains: list[torch.Tensor | None] = []
+    if _is_foreign_bridge(model):
+        raise NeuronKindsError("vocabulary projections of bridges support OPT models only")
     if not _is_bridge(model):
         norm = model.cfg.normalization_type
         if norm not in ("LN", "LNPre", None):
@@ -114,11 +134,9 @@ def readout(model: Any, layer: int) -> Readout:
                 "'LNPre' after fold_ln)"
             )
         if norm is not None:
-            gains.append(model.ln_final.w.detach() if norm == "LN" else None)
+            gains.append(gain(model.ln_final))
         return Readout(gains, None, model.W_U.detach())
-    decoder = getattr(getattr(model.original_model, "model", None), "decoder", None)
-    if decoder is None or not hasattr(decoder, "project_out"):
-        raise NeuronKindsError("vocabulary projections of bridges support OPT models only")
+    decoder = model.original_model.model.decoder
     if not model.original_model.config.do_layer_norm_before:
         for later in range(layer, model.cfg.n_layers):
             with loaded_block(model, later):
@@ -141,9 +159,8 @@ def _check_layer(model: Any, layer: object) -> int:
 
 
 def _d_mlp(model: Any) -> int:
-    """Neurons per layer (a bridge's ``cfg.d_mlp`` assumes ``4 * d_model``; its OPT config
-    says ``ffn_dim``)."""
-    return int(model.original_model.config.ffn_dim if _is_bridge(model) else model.cfg.d_mlp)
+    """Neurons per layer (``load_opt`` sets a bridge's ``cfg.d_mlp`` to OPT's ``ffn_dim``)."""
+    return int(model.cfg.d_mlp)
 
 
 def _check_neurons(model: Any, neurons: object) -> Int[torch.Tensor, " n"]:

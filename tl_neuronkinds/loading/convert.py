@@ -15,10 +15,9 @@ one block's tensors are relative to ``decoder.layers.{l}.`` (``fc1.weight``, …
 """
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformer_lens import HookedTransformerConfig
-from transformer_lens.loading_from_pretrained import convert_hf_model_config
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 from transformers import OPTConfig, OPTForCausalLM
 
@@ -114,10 +113,13 @@ def validate_shapes(
 
 def hooked_config(
     directory: Path, cfg: OPTConfig, model_name: str, device: torch.device, dtype: torch.dtype
-) -> HookedTransformerConfig:
+) -> Any:
     """The ``HookedTransformerConfig`` of the OPT checkpoint in ``directory``: TransformerLens's
     own (``convert_hf_model_config`` reads a local directory's ``config.json``), with this
     load's name, device and dtype, and no initialisation (the weights are assigned).
+
+    TransformerLens 3.9 only (4.0 removed ``HookedTransformer``; ``load_opt`` builds a
+    ``TransformerBridge`` there and never calls this).
 
     Raises:
         NeuronKindsError: An activation function TransformerLens does not have.
@@ -127,6 +129,9 @@ def hooked_config(
             f"config.json: activation_function {cfg.activation_function!r} is not supported by "
             f"TransformerLens (supported: {sorted(SUPPORTED_ACTIVATIONS)})"
         )
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
     # ``architectures`` may be missing from an OPT config.json (``model_type`` says OPT, checked
     # by ``opt_config``); TransformerLens picks its conversion by it.
     fields = convert_hf_model_config(str(directory), architectures=["OPTForCausalLM"])

@@ -1,4 +1,4 @@
-"""``load_opt``: an OPT checkpoint as a HookedTransformer (OPT-350m: a TransformerBridge).
+"""``load_opt``: an OPT checkpoint as a HookedTransformer or a TransformerBridge.
 
 Everything comes from the checkpoint directory (``config.json``, the weights, the tokenizer);
 nothing reaches the network unless the user names a hub id that is not cached. The model is
@@ -6,11 +6,12 @@ built on the meta device and its parameters are then set from the checkpoint's t
 loading never holds two copies of the weights, and an offloaded model never holds its blocks
 (``streaming.py``).
 
-Which class comes back: ``HookedTransformer`` whenever it computes exactly what the checkpoint
-computes (every OPT size but 350m); otherwise (post-LayerNorm blocks, ``project_in`` /
-``project_out``: OPT-350m) a ``TransformerBridge`` around ``transformers.OPTForCausalLM``,
-with the same hook names (``blocks.{l}.mlp.hook_post`` is the input of ``fc2``: the FFN's
-activation after ReLU).
+Which class comes back: on TransformerLens 3.9, ``HookedTransformer`` whenever it computes
+exactly what the checkpoint computes (every OPT size but 350m); otherwise (post-LayerNorm
+blocks, ``project_in`` / ``project_out``: OPT-350m), and for every size on TransformerLens 4.x
+(which has no HookedTransformer), a ``TransformerBridge`` around
+``transformers.OPTForCausalLM``, with the same hook names (``blocks.{l}.mlp.hook_post`` is the
+input of ``fc2``: the FFN's activation after ReLU).
 """
 
 import os
@@ -39,7 +40,7 @@ from tl_neuronkinds.loading.streaming import (
     HostFn,
     attach_streamer,
 )
-from tl_neuronkinds.loading.tl_adapters import keep_post_ln_hook_shapes
+from tl_neuronkinds.loading.tl_adapters import has_hooked_transformer, keep_post_ln_hook_shapes
 from tl_neuronkinds.recording.identity import remember_fingerprint, weights_fingerprint
 
 _DTYPES = {
@@ -86,8 +87,8 @@ def load_opt(
             warning: it then takes token ids, not strings.
 
     Returns:
-        A ``HookedTransformer``, or for post-LayerNorm / projected checkpoints (OPT-350m) a
-        ``TransformerBridge``. ``to_tokens(text)`` prepends OPT's BOS (``</s>``, id 2) once.
+        A ``HookedTransformer``, or for post-LayerNorm / projected checkpoints (OPT-350m) and on
+        TransformerLens 4.x a ``TransformerBridge`` (its ``cfg.d_mlp`` set to ``ffn_dim``). ``to_tokens(text)`` prepends OPT's BOS (``</s>``, id 2) once.
         ``offload_mode(model)`` tells whether it streams.
 
     Raises:
@@ -125,7 +126,8 @@ def load_opt(
             "release and TransformerLens's OPT bridge cannot map them"
         )
     tok = _load_tokenizer(directory, tokenizer)
-    build = _build_hooked if hooked_transformer_can_represent(cfg) else _build_bridge
+    hooked = has_hooked_transformer() and hooked_transformer_can_represent(cfg)
+    build = _build_hooked if hooked else _build_bridge
     return build(checkpoint, keys, cfg, model_name, target, dtype, offload, tok)
 
 
@@ -339,6 +341,9 @@ def _build_bridge(
             str(checkpoint.directory), hf_model=hf, device=device, dtype=dtype, tokenizer=tok
         )
     bridge.cfg.model_name = model_name
+    # TransformerLens 4 derives d_mlp as 4 * d_model for OPT; the checkpoint says ffn_dim (equal
+    # in every OPT release, not in every checkpoint of OPT's layout).
+    bridge.cfg.d_mlp = cfg.ffn_dim
     if tok is None:
         bridge.tokenizer = None
     if not cfg.do_layer_norm_before:

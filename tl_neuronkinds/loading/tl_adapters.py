@@ -10,8 +10,8 @@ import importlib.metadata
 import warnings
 from typing import Any
 
-#: The TransformerLens line the adapters below were written and tested for.
-WRITTEN_FOR = "3.9"
+#: The TransformerLens lines the adapters below were written and tested for.
+WRITTEN_FOR = ("3.9", "4.3")
 
 
 class AdapterVersionWarning(UserWarning):
@@ -23,11 +23,22 @@ def installed_version() -> str:
     return importlib.metadata.version("transformer-lens")
 
 
+def major_version() -> int:
+    """The installed TransformerLens major version (3 or 4)."""
+    return int(installed_version().split(".")[0])
+
+
+def has_hooked_transformer() -> bool:
+    """Whether the installed TransformerLens has ``HookedTransformer`` (3.x; 4.0 removed it)."""
+    return major_version() < 4
+
+
 def _check_version(adapter: str) -> None:
     version = installed_version()
-    if version.split(".")[:2] != WRITTEN_FOR.split("."):
+    if ".".join(version.split(".")[:2]) not in WRITTEN_FOR:
+        lines = " and ".join(f"{line}.x" for line in WRITTEN_FOR)
         warnings.warn(
-            f"{adapter} was written for transformer-lens {WRITTEN_FOR}.x; {version} is "
+            f"{adapter} was written for transformer-lens {lines}; {version} is "
             "installed. Run the test suite (tests/test_loading.py) to check it still holds.",
             AdapterVersionWarning,
             stacklevel=3,
@@ -35,14 +46,15 @@ def _check_version(adapter: str) -> None:
 
 
 def keep_post_ln_hook_shapes(bridge: Any) -> int:
-    """Stop TransformerLens 3.9 from flattening post-LayerNorm ``ln2`` hook values to 2-D.
+    """Stop TransformerLens (3.9 and 4.3) from flattening post-LayerNorm ``ln2`` hook values.
 
     The OPT bridge reshapes hook values at ``ln2`` and ``hook_mlp_in`` back to
     ``[batch*pos, d_model]`` because in pre-LN OPT they sit inside the layer's flattened region
     (its private ``_UnflattenTokens`` conversion, recognised by name: nothing public names it).
     In post-LN OPT (350m) ``ln2`` runs on ``[batch, pos, d_model]``, so a hook there that
     returns its value (``run_with_cache`` does) hands the next layer a 2-D tensor and the
-    forward fails. These hooks see 3-D values already; the reshape is dropped for them only.
+    forward fails. These hooks see 3-D values already; the reshape is dropped for them only
+    (the FFN's own hooks, ``hook_post`` among them, run in the flattened region and keep it).
 
     Returns:
         How many hook points were changed (0 where this version needs no change).

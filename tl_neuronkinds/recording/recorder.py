@@ -222,7 +222,7 @@ class NeuronRecorder:
         layer: int,
         _module: Any,
         _args: tuple,
-        acts: Float[torch.Tensor, "batch pos d_mlp"],
+        acts: Float[torch.Tensor, "batch pos d_mlp"] | Float[torch.Tensor, "batch_pos d_mlp"],
     ) -> None:
         forward = self._forward
         if forward is None:
@@ -232,6 +232,16 @@ class NeuronRecorder:
             )
         if layer in forward.reached:
             raise NeuronKindsError(f"layer {layer} was reached twice in one forward")
+        if acts.dim() == 2 and acts.shape[0] == forward.ctx.text.numel():
+            # Hugging Face's OPT layer runs its FFN on [batch * pos, d_model]; TransformerLens's
+            # bridge reshapes the value for hooks added through it, not for a module hook.
+            acts = acts.view(*forward.ctx.text.shape, acts.shape[-1])
+        if acts.shape[-1] != self.model.cfg.d_mlp:
+            raise NeuronKindsError(
+                f"{HOOK_NAME.format(layer=layer)}: {acts.shape[-1]} neurons, but the model's "
+                f"cfg.d_mlp is {self.model.cfg.d_mlp} (a bridge built outside load_opt may "
+                "assume 4 * d_model: set cfg.d_mlp to the FFN's width)"
+            )
         if acts.shape[:2] != forward.ctx.text.shape:
             raise NeuronKindsError(
                 f"{HOOK_NAME.format(layer=layer)}: activations of shape {tuple(acts.shape)} do "

@@ -38,6 +38,7 @@ from tl_neuronkinds.vocab import (
     _d_mlp,
     _finite,
     _is_bridge,
+    gain,
     readout,
 )
 
@@ -154,9 +155,9 @@ def _later_heads(model: Any, first: int) -> dict[int, Float[torch.Tensor, "n_hea
             key = block.ln1(cache[f"blocks.{m}.hook_resid_pre"][0, 0]).double()
             k_bos = torch.einsum("d,hde->he", key, attn.W_K.double()) + attn.b_K.double()
             q_dir = torch.einsum("hde,he->hd", attn.W_Q.double(), k_bos)
-            gain = getattr(block.ln1, "w", None)  # None: no LayerNorm, or LNPre (folded)
-            if gain is not None:
-                q_dir = q_dir * gain.detach().double()
+            ln1_gain = gain(block.ln1)  # None: no LayerNorm, or LNPre (folded)
+            if ln1_gain is not None:
+                q_dir = q_dir * ln1_gain.double()
             if centre:
                 q_dir = q_dir - q_dir.mean(dim=1, keepdim=True)
             scale = getattr(attn, "attn_scale", math.sqrt(attn.W_Q.shape[-1]))
