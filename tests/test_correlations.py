@@ -2,19 +2,23 @@
 activations, however tiled and batched; the rotated baseline against an explicit rotation; a
 model whose neurons are a permutation of another's matched exactly; bad input refused."""
 
+from collections import Counter
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from opt_fixtures import make_tiny_opt
 from recording_reference import BOS, D_VOCAB, random_tokens, tiny_model
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from tl_models import tl_model
 
 import tl_neuronkinds as nk
+from tl_neuronkinds.universal import correlations
 from tl_neuronkinds.universal.correlations import COLUMNS, orthogonal
 
 
-def permuted(model: HookedTransformer, seed: int) -> tuple[HookedTransformer, list[torch.Tensor]]:
+def permuted(model: Any, seed: int) -> tuple[Any, list[torch.Tensor]]:
     """A copy of ``model`` whose neurons of each layer are permuted (W_in columns, b_in,
     W_out rows): the same function, another basis order. Returns it and the permutations."""
     copy = tiny_model(0)
@@ -31,7 +35,7 @@ def permuted(model: HookedTransformer, seed: int) -> tuple[HookedTransformer, li
     return copy, perms
 
 
-def stacked(model: HookedTransformer, tokens: torch.Tensor, layers: list[int]) -> np.ndarray:
+def stacked(model: Any, tokens: torch.Tensor, layers: list[int]) -> np.ndarray:
     """``[text positions, neurons]`` float64 activations of ``layers``, concatenated."""
     _, cache = model.run_with_cache(tokens)
     text = tokens != BOS
@@ -96,6 +100,35 @@ def test_correlations_and_baseline_equal_corrcoef_however_tiled(models, memory, 
     assert [len(t) for t in table["top_corr"]] == [4 if ok else 0 for ok in alive]
     assert all(np.all(np.diff(t) <= 0) for t in table["top_corr"])
     assert not table.loc[~alive, "universal"].any()
+
+
+def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch) -> None:
+    """Passes after the first read the activations the first kept (each model's forwards run
+    once, not once per tile) and give the very same table; chunks of a few positions give the
+    same correlations up to the order of the float64 sums."""
+    a, b = models
+    tokens = random_tokens(8, n_seq=6, seq_len=24, vocab=D_VOCAB)
+    forwards = Counter()
+    activations = correlations._Side.activations
+
+    def counted(side, rows, text, upto=None):
+        forwards[id(side.model)] += 1
+        return activations(side, rows, text, upto)
+
+    monkeypatch.setattr(correlations._Side, "activations", counted)
+    options = {"k": 3, "seed": 5, "bos_token_id": BOS, "batch_size": 2, "memory": 24 * 72 * 9}
+    kept = nk.neuron_correlations(a, b, tokens, **options)  # 8 tiles of 9 neurons
+    assert forwards == {id(a): 3, id(b): 3}  # 3 batches, one pass's forwards
+    forwards.clear()
+    rerun = nk.neuron_correlations(a, b, tokens, cache=0, **options)
+    assert forwards == {id(a): 3 * 8, id(b): 3 * 8}
+    pd.testing.assert_frame_equal(kept, rerun)
+    monkeypatch.setattr(correlations, "CHUNK_BYTES", 8 * (9 + 2 * 72) * 5)  # 5 positions
+    chunked = nk.neuron_correlations(a, b, tokens, **options)
+    numeric = ["max_corr", "baseline_max_corr", "excess"]
+    pd.testing.assert_frame_equal(chunked[numeric], kept[numeric], rtol=0, atol=1e-12)
+    with pytest.raises(nk.NeuronKindsError, match="cache must be a non-negative"):
+        nk.neuron_correlations(a, b, tokens, cache=-1, bos_token_id=BOS)
 
 
 def test_the_full_matrix_equals_corrcoef_and_refuses_what_does_not_fit(models) -> None:
@@ -170,12 +203,11 @@ def test_streamed_models_give_the_same_table(tmp_path) -> None:
     pd.testing.assert_frame_equal(streamed, resident)
 
 
-def other_vocab() -> HookedTransformer:
-    cfg = HookedTransformerConfig(
+def other_vocab() -> Any:
+    return tl_model(
         n_layers=1, d_model=16, d_mlp=24, d_head=4, n_heads=4, n_ctx=24, d_vocab=D_VOCAB + 1,
         act_fn="relu", normalization_type="LN",
     )  # fmt: skip
-    return HookedTransformer(cfg)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ above 0.5 (Gurnee et al. §3: "excess correlation" above 0.5 over the mean of th
 Memory is bounded by ``memory`` bytes: the sums of products of A's neurons with all of B's
 are kept for a tile of A's neurons at a time (``[tile, N_B]`` float64), one pass over the
 tokens per tile; per neuron only the top-k of each tile is kept. Sums are taken around a shift
-(each neuron's mean on the first batch), so that ``E[ab] - E[a]E[b]`` does not cancel.
+(each neuron's mean on the first chunk), so that ``E[ab] - E[a]E[b]`` does not cancel.
+
+Passes after the first need no forward where both models' activations at the text positions
+fit in ``cache`` bytes (in the models' dtype): the first pass keeps them, the others read them
+(the forwards are then run once, not once per tile). Within a batch the float64 work is done
+on chunks of positions, so a long row never needs float64 copies of all its activations.
 
 Rotation: the baseline needs B's rotated activations ``b R`` (``R`` orthogonal per layer). Their
 products with A are ``S_ab R`` (linear, so no second accumulator), and their own sums are
@@ -46,6 +51,10 @@ MEMORY = 2 << 30
 _TILE_BYTES = 24
 #: Activation bytes per forward batch where ``batch_size`` is not given.
 BATCH_BYTES = 256 << 20
+#: Bytes of both models' activations kept between a run's passes where ``cache`` is not given.
+CACHE = 4 << 30
+#: float64 bytes per chunk of positions within a batch (A's tile, B's neurons and B rotated).
+CHUNK_BYTES = 256 << 20
 COLUMNS = [
     "layer",
     "neuron",
@@ -83,13 +92,14 @@ class _Side:
     def activations(
         self, rows: torch.Tensor, text: torch.Tensor, upto: int | None = None
     ) -> Float[torch.Tensor, "positions neurons"]:
-        """float64 ``hook_post`` of the chosen layers (only those holding columns ``< upto``)
-        at the text positions of ``rows``, the columns in the concatenation's order."""
+        """``hook_post`` of the chosen layers (only those holding columns ``< upto``) at the
+        text positions of ``rows``, in the model's dtype, the columns in the concatenation's
+        order."""
         layers = self.layers if upto is None else self.layers[: -(-upto // self.d_mlp)]
         seen: dict[int, torch.Tensor] = {}
 
         def hook(value: torch.Tensor, hook: Any) -> None:
-            seen[int(hook.name.split(".")[1])] = value[text].to(torch.float64)
+            seen[int(hook.name.split(".")[1])] = value[text]
 
         stop = layers[-1] + 1
         device = next(self.model.parameters()).device
@@ -189,7 +199,8 @@ def bos_of(model: Any, bos_token_id: int | None) -> int:
 
 @dataclass
 class _Run:
-    """Everything fixed for one ``neuron_correlations`` call."""
+    """Everything fixed for one ``neuron_correlations`` call, and the activations it keeps
+    between passes (``keep``: whether they fit the cache; ``kept``: them, once a pass ran)."""
 
     a: _Side
     b: _Side
@@ -198,6 +209,8 @@ class _Run:
     batch: int
     device: torch.device
     rotations: list[torch.Tensor]
+    keep: bool = False
+    kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def batches(self) -> Any:
         for first in range(0, self.tokens.shape[0], self.batch):
@@ -205,6 +218,26 @@ class _Run:
             text = rows != self.bos
             if text.any():
                 yield rows, text.to(self.device)
+
+    def activations(self, upto: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per batch, A's activations at its text positions (at least the layers holding
+        columns ``< upto``) and B's: from the forwards, or from the cache once it is filled."""
+        if self.kept is not None:
+            yield from self.kept
+            return
+        kept = []
+        for rows, text in self.batches():
+            a = self.a.activations(rows, text, upto=None if self.keep else upto)
+            b = self.b.activations(rows, text)
+            if self.keep:
+                kept.append((a, b))
+            yield a, b
+        if self.keep:
+            self.kept = kept
+
+    def chunk(self, tile: int) -> int:
+        """Positions per chunk of a pass with ``tile`` of A's columns (``CHUNK_BYTES``)."""
+        return max(1, CHUNK_BYTES // (8 * (tile + 2 * self.b.size)))
 
     def rotate(self, b: Float[torch.Tensor, "rows n_b"]) -> Float[torch.Tensor, "rows n_b"]:
         """Each layer's block of B's columns times its rotation: B's (centred) activations
@@ -243,6 +276,7 @@ def neuron_correlations(
     k: int = 1,
     batch_size: int | None = None,
     memory: int = MEMORY,
+    cache: int = CACHE,
     seed: int = 0,
     threshold: float = EXCESS,
     bos_token_id: int | None = None,
@@ -259,6 +293,9 @@ def neuron_correlations(
         batch_size: Rows per forward (default: about 256 MiB of activations per batch).
         memory: Bytes of accumulators held at once: A's neurons are taken in tiles of
             ``memory // (24 * N_B)``, one pass over ``tokens`` each.
+        cache: Bytes of activations kept between passes: where both models' activations at
+            the text positions fit (``positions x (N_A + N_B)`` in their dtype), the forwards
+            run once rather than once per tile. 0 keeps none.
         seed: Seeds the baseline's rotations.
         threshold: ``universal`` where ``excess`` is above this (Gurnee et al.: 0.5).
         bos_token_id: BOS id; default: model A's tokenizer's.
@@ -272,24 +309,40 @@ def neuron_correlations(
 
     Raises:
         NeuronKindsError: Different vocabularies or tokenizers, tokens without BOS or outside
-            a model's vocabulary or context, bad layers, ``k``, ``batch_size`` or ``memory``.
+            a model's vocabulary or context, bad layers, ``k``, ``batch_size``, ``memory`` or
+            ``cache``.
     """
     run, k = _prepare(
         model_a, model_b, tokens, layers_a, layers_b, k, batch_size, seed, bos_token_id
     )
     memory = check_positive_int("memory", memory)
+    cache = _check_cache(cache)
     tile = memory // (_TILE_BYTES * run.b.size)
     if tile < 1:
         raise NeuronKindsError(
             f"memory={memory} bytes holds no tile: one neuron of A against {run.b.size} of B "
             f"needs {_TILE_BYTES * run.b.size}"
         )
+    run.keep = tile < run.a.size and _cache_bytes(run) <= cache
     best, baseline = [], []
     for _, corr, rotated in run.tiles(tile):
         assert rotated is not None
         best.append(_Best.of(corr, k))
         baseline.append(_Best.of(rotated, 1).values[:, 0])
     return _table(run, best, torch.cat(baseline), threshold)
+
+
+def _check_cache(cache: object) -> int:
+    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
+        raise NeuronKindsError(f"cache must be a non-negative number of bytes, got {cache!r}")
+    return cache
+
+
+def _cache_bytes(run: _Run) -> int:
+    """Bytes of both models' activations at every text position, in their dtypes."""
+    positions = int((run.tokens != run.bos).sum())
+    sizes = [next(side.model.parameters()).element_size() * side.size for side in (run.a, run.b)]
+    return positions * sum(sizes)
 
 
 def _prepare(
@@ -334,29 +387,31 @@ def _pass(
     each side's sums (B's, and where the run has rotations its rotation's, on the first pass
     only)."""
     first_pass = b_moments is None
-    products = torch.zeros(
-        cols.stop - cols.start, run.b.size, dtype=torch.float64, device=run.device
-    )
+    tile = cols.stop - cols.start
+    products = torch.zeros(tile, run.b.size, dtype=torch.float64, device=run.device)
     a_moments: _Moments | None = None
-    for rows, text in run.batches():
-        a = run.a.activations(rows, text, upto=cols.stop)[:, cols].to(run.device)
-        b = run.b.activations(rows, text).to(run.device)
-        if a_moments is None:
-            a_moments = _Moments(a.mean(dim=0))
-        if b_moments is None:
-            b_moments = _Moments(b.mean(dim=0))
-        a = a - a_moments.shift
-        b = b - b_moments.shift
-        a_moments.add(a)
-        if first_pass:
-            b_moments.add(b)
-        if first_pass and run.rotations:
-            if r_moments is None:
-                r_moments = _Moments(
-                    torch.zeros(run.b.size, dtype=torch.float64, device=run.device)
-                )
-            r_moments.add(run.rotate(b))
-        products.addmm_(a.T, b)
+    chunk = run.chunk(tile)
+    for a_batch, b_batch in run.activations(cols.stop):
+        for start in range(0, a_batch.shape[0], chunk):
+            # copies (copy=True: a float64 model's kept activations must not be shifted)
+            a = a_batch[start : start + chunk, cols].to(run.device, torch.float64, copy=True)
+            b = b_batch[start : start + chunk].to(run.device, torch.float64, copy=True)
+            if a_moments is None:
+                a_moments = _Moments(a.mean(dim=0))
+            if b_moments is None:
+                b_moments = _Moments(b.mean(dim=0))
+            a -= a_moments.shift
+            b -= b_moments.shift
+            a_moments.add(a)
+            if first_pass:
+                b_moments.add(b)
+            if first_pass and run.rotations:
+                if r_moments is None:
+                    r_moments = _Moments(
+                        torch.zeros(run.b.size, dtype=torch.float64, device=run.device)
+                    )
+                r_moments.add(run.rotate(b))
+            products.addmm_(a.T, b)
     if a_moments is None or b_moments is None:
         raise NeuronKindsError("tokens hold no text position (every token is BOS)")
     return products, a_moments, b_moments, r_moments
