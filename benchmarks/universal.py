@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from record import _checkpoint, _peak_rss_mb, _reset_peak  # noqa: E402
 
 import tl_neuronkinds as nk  # noqa: E402
-from tl_neuronkinds.universal.correlations import _TILE_BYTES, MEMORY  # noqa: E402
+from tl_neuronkinds.universal.correlations import _TILE_BYTES, CACHE, MEMORY  # noqa: E402
 
 CONFIGS = ROOT.parent / "shared/data/opt-configs.json"
 
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--memory", type=int, default=MEMORY)
+    parser.add_argument("--cache", type=int, default=CACHE, help="bytes of kept activations")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -96,7 +97,9 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         _reset_peak()
         start = time.perf_counter()
-        table = nk.neuron_correlations(model_a, model_b, tokens, memory=args.memory)
+        table = nk.neuron_correlations(
+            model_a, model_b, tokens, memory=args.memory, cache=args.cache
+        )
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -128,6 +131,8 @@ def main() -> None:
                 "share_of_matmul": round(useful / rate, 3),
                 "peak_mb": round(peak),
                 "memory_budget_mb": args.memory / 2**20,
+                "cache_budget_mb": args.cache / 2**20,
+                "activations_mb": round(positions * 2 * n * 4 / 2**20),  # float32, both models
                 "full_accumulator_gib_here": round(n * n * 8 / 2**30, 2),
                 "full_accumulator_gib": {k: round(v, 1) for k, v in full.items()},
                 "universal": int(table["universal"].sum()),

@@ -104,8 +104,9 @@ def test_correlations_and_baseline_equal_corrcoef_however_tiled(models, memory, 
 
 def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch) -> None:
     """Passes after the first read the activations the first kept (each model's forwards run
-    once, not once per tile) and give the very same table; chunks of a few positions give the
-    same correlations up to the order of the float64 sums."""
+    once, not once per tile; where only some batches fit, the others run in every pass) and
+    give the very same table; chunks of a few positions give the same correlations up to the
+    order of the float64 sums."""
     a, b = models
     tokens = random_tokens(8, n_seq=6, seq_len=24, vocab=D_VOCAB)
     forwards = Counter()
@@ -123,6 +124,11 @@ def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch
     rerun = nk.neuron_correlations(a, b, tokens, cache=0, **options)
     assert forwards == {id(a): 3 * 8, id(b): 3 * 8}
     pd.testing.assert_frame_equal(kept, rerun)
+    forwards.clear()
+    first_batch = int((tokens[:2] != BOS).sum()) * (72 + 72) * 4  # float32, both models
+    partly = nk.neuron_correlations(a, b, tokens, cache=first_batch, **options)
+    assert forwards == {id(a): 3 + 2 * 7, id(b): 3 + 2 * 7}  # batches 2 and 3 in every pass
+    pd.testing.assert_frame_equal(partly, kept)
     monkeypatch.setattr(correlations, "CHUNK_BYTES", 8 * (9 + 2 * 72) * 5)  # 5 positions
     chunked = nk.neuron_correlations(a, b, tokens, **options)
     numeric = ["max_corr", "baseline_max_corr", "excess"]

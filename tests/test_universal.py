@@ -91,6 +91,8 @@ def test_universal_command_writes_tables_and_page(tmp_path, capsys) -> None:
     assert "two or more models" in capsys.readouterr().err
     assert cli.main([*args, "--threshold", "-1", "--out", str(tmp_path / "y")]) == 2
     assert not (tmp_path / "y").exists()
+    assert cli.main([*args, "--cache", "-1", "--out", str(tmp_path / "z")]) == 2
+    assert "--cache: expected an integer >= 0" in capsys.readouterr().err
 
 
 def test_the_default_models_are_the_shipped_seeds() -> None:

@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> None:
     cmd.add_argument("--k", default="5", help="best matches kept per neuron (5)")
     cmd.add_argument("--threshold", default="0.5", help="universal: mean excess above this")
     cmd.add_argument("--memory", default=None, help="accumulator bytes at once (2 GiB)")
+    cmd.add_argument(
+        "--cache", default=None, help="bytes of activations kept between passes (4 GiB; 0: none)"
+    )
     cmd.add_argument("--seed", default="0", help="seed of the rotated baseline (0)")
     cmd.add_argument("--batch-size", default=None, help="sequences per forward")
     cmd.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if any)")
@@ -89,6 +92,8 @@ def universal_command(args: argparse.Namespace) -> None:
     }
     if args.memory is not None:
         options["memory"] = cli._int("--memory", args.memory)
+    if args.cache is not None:
+        options["cache"] = cli._int("--cache", args.cache, low=0)
     threshold = positive("--threshold", args.threshold)
     if not args.no_page:
         cli._require_report()

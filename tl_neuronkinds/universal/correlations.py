@@ -14,10 +14,11 @@ are kept for a tile of A's neurons at a time (``[tile, N_B]`` float64), one pass
 tokens per tile; per neuron only the top-k of each tile is kept. Sums are taken around a shift
 (each neuron's mean on the first chunk), so that ``E[ab] - E[a]E[b]`` does not cancel.
 
-Passes after the first need no forward where both models' activations at the text positions
-fit in ``cache`` bytes (in the models' dtype): the first pass keeps them, the others read them
-(the forwards are then run once, not once per tile). Within a batch the float64 work is done
-on chunks of positions, so a long row never needs float64 copies of all its activations.
+Passes after the first need fewer forwards: the first pass keeps both models' activations at
+the text positions (in the models' dtype) for as many batches as fit in ``cache`` bytes, and
+the later passes read those and run the forwards of the other batches only (where everything
+fits, the forwards run once, not once per tile). Within a batch the float64 work is done on
+chunks of positions, so a long row never needs float64 copies of all its activations.
 
 Rotation: the baseline needs B's rotated activations ``b R`` (``R`` orthogonal per layer). Their
 products with A are ``S_ab R`` (linear, so no second accumulator), and their own sums are
@@ -200,7 +201,7 @@ def bos_of(model: Any, bos_token_id: int | None) -> int:
 @dataclass
 class _Run:
     """Everything fixed for one ``neuron_correlations`` call, and the activations it keeps
-    between passes (``keep``: whether they fit the cache; ``kept``: them, once a pass ran)."""
+    between passes: those of the first batches, while they fit in ``cache`` bytes (0: none)."""
 
     a: _Side
     b: _Side
@@ -209,8 +210,9 @@ class _Run:
     batch: int
     device: torch.device
     rotations: list[torch.Tensor]
-    keep: bool = False
-    kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    cache: int = 0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    filled: bool = False
 
     def batches(self) -> Any:
         for first in range(0, self.tokens.shape[0], self.batch):
@@ -221,19 +223,25 @@ class _Run:
 
     def activations(self, upto: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Per batch, A's activations at its text positions (at least the layers holding
-        columns ``< upto``) and B's: from the forwards, or from the cache once it is filled."""
-        if self.kept is not None:
-            yield from self.kept
-            return
-        kept = []
-        for rows, text in self.batches():
-            a = self.a.activations(rows, text, upto=None if self.keep else upto)
+        columns ``< upto``) and B's: kept by the first pass, or from the forwards."""
+        room = self.cache - sum(a.nbytes + b.nbytes for a, b in self.kept)
+        for index, (rows, text) in enumerate(self.batches()):
+            if index < len(self.kept):
+                yield self.kept[index]
+                continue
+            keep = not self.filled and index == len(self.kept) and self._bytes(text) <= room
+            a = self.a.activations(rows, text, upto=None if keep else upto)
             b = self.b.activations(rows, text)
-            if self.keep:
-                kept.append((a, b))
+            if keep:
+                self.kept.append((a, b))
+                room -= a.nbytes + b.nbytes
             yield a, b
-        if self.keep:
-            self.kept = kept
+        self.filled = True
+
+    def _bytes(self, text: torch.Tensor) -> int:
+        """Bytes of both models' activations at ``text``'s positions, in their dtypes."""
+        sides = (self.a, self.b)
+        return int(text.sum()) * sum(_itemsize(side.model) * side.size for side in sides)
 
     def chunk(self, tile: int) -> int:
         """Positions per chunk of a pass with ``tile`` of A's columns (``CHUNK_BYTES``)."""
@@ -293,9 +301,9 @@ def neuron_correlations(
         batch_size: Rows per forward (default: about 256 MiB of activations per batch).
         memory: Bytes of accumulators held at once: A's neurons are taken in tiles of
             ``memory // (24 * N_B)``, one pass over ``tokens`` each.
-        cache: Bytes of activations kept between passes: where both models' activations at
-            the text positions fit (``positions x (N_A + N_B)`` in their dtype), the forwards
-            run once rather than once per tile. 0 keeps none.
+        cache: Bytes of activations kept between passes (``positions x (N_A + N_B)`` in the
+            models' dtype): the batches whose activations fit are run once rather than once per
+            tile, the others once per tile. 0 keeps none.
         seed: Seeds the baseline's rotations.
         threshold: ``universal`` where ``excess`` is above this (Gurnee et al.: 0.5).
         bos_token_id: BOS id; default: model A's tokenizer's.
@@ -323,7 +331,7 @@ def neuron_correlations(
             f"memory={memory} bytes holds no tile: one neuron of A against {run.b.size} of B "
             f"needs {_TILE_BYTES * run.b.size}"
         )
-    run.keep = tile < run.a.size and _cache_bytes(run) <= cache
+    run.cache = cache if tile < run.a.size else 0  # one pass keeps nothing
     best, baseline = [], []
     for _, corr, rotated in run.tiles(tile):
         assert rotated is not None
@@ -338,11 +346,8 @@ def _check_cache(cache: object) -> int:
     return cache
 
 
-def _cache_bytes(run: _Run) -> int:
-    """Bytes of both models' activations at every text position, in their dtypes."""
-    positions = int((run.tokens != run.bos).sum())
-    sizes = [next(side.model.parameters()).element_size() * side.size for side in (run.a, run.b)]
-    return positions * sum(sizes)
+def _itemsize(model: Any) -> int:
+    return next(model.parameters()).element_size()
 
 
 def _prepare(
