@@ -102,6 +102,13 @@ def test_correlations_and_baseline_equal_corrcoef_however_tiled(models, memory, 
     assert not table.loc[~alive, "universal"].any()
 
 
+def run_chunks(positions: int, tile: int) -> list[slice]:
+    """``_Run.chunks`` of a run whose B has 72 neurons (tiny_model's 3 layers of 24)."""
+    side = correlations._Side(tiny_model(0), [0, 1, 2])
+    run = correlations._Run(side, side, torch.zeros(1, 1), BOS, 1, torch.device("cpu"), [])
+    return run.chunks(positions, tile)
+
+
 def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch) -> None:
     """Passes after the first read the activations the first kept (each model's forwards run
     once, not once per tile; where only some batches fit, the others run in every pass) and
@@ -129,7 +136,9 @@ def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch
     partly = nk.neuron_correlations(a, b, tokens, cache=first_batch, **options)
     assert forwards == {id(a): 3 + 2 * 7, id(b): 3 + 2 * 7}  # batches 2 and 3 in every pass
     pd.testing.assert_frame_equal(partly, kept)
-    monkeypatch.setattr(correlations, "CHUNK_BYTES", 8 * (9 + 2 * 72) * 5)  # 5 positions
+    monkeypatch.setattr(correlations, "CHUNK_BYTES", 8 * (9 + 2 * 72) * 5)  # <= 5 positions
+    sizes = [c.stop - c.start for c in run_chunks(46, 9)]
+    assert len(sizes) == 10 and sum(sizes) == 46 and set(sizes) == {4, 5}  # no small remainder
     chunked = nk.neuron_correlations(a, b, tokens, **options)
     numeric = ["max_corr", "baseline_max_corr", "excess"]
     pd.testing.assert_frame_equal(chunked[numeric], kept[numeric], rtol=0, atol=1e-12)
