@@ -50,8 +50,11 @@ MEMORY = 2 << 30
 #: into correlations in place), the same for the rotated baseline, and room for one layer's
 #: block of the rotation's product.
 _TILE_BYTES = 24
-#: Activation bytes per forward batch where ``batch_size`` is not given.
-BATCH_BYTES = 256 << 20
+#: Where ``batch_size`` is not given, each forward takes rows for at least this many positions
+#: (the sums' products run near the matrix-multiply rate only with many positions at once) ...
+BATCH_POSITIONS = 2048
+#: ... unless their activations (both models', in their dtype) would pass this many bytes.
+BATCH_BYTES = 1 << 30
 #: Bytes of both models' activations kept between a run's passes where ``cache`` is not given.
 CACHE = 4 << 30
 #: Most float64 bytes per chunk of positions within a batch (A's tile, B's neurons and B
@@ -305,7 +308,8 @@ def neuron_correlations(
             out.
         layers_a, layers_b: Layers whose neurons are correlated (default: all).
         k: Matches kept per neuron of A (``top_*`` columns; ``k=1`` keeps the best).
-        batch_size: Rows per forward (default: about 256 MiB of activations per batch).
+        batch_size: Rows per forward (default: enough for 2,048 positions, at most 1 GiB of
+            both models' activations).
         memory: Bytes of accumulators held at once: A's neurons are taken in tiles of
             ``memory // (24 * N_B)``, one pass over ``tokens`` each.
         cache: Bytes of activations kept between passes (``positions x (N_A + N_B)`` in the
@@ -378,8 +382,9 @@ def _prepare(
     a = _Side(model_a, check_layers(layers_a, model_a.cfg.n_layers))
     b = _Side(model_b, check_layers(layers_b, model_b.cfg.n_layers))
     if batch_size is None:
-        row_bytes = tokens.shape[1] * (a.size + 2 * b.size) * 8
-        batch_size = max(1, BATCH_BYTES // row_bytes)
+        seq_len = tokens.shape[1]
+        row_bytes = seq_len * (a.size * _itemsize(model_a) + b.size * _itemsize(model_b))
+        batch_size = max(1, min(-(-BATCH_POSITIONS // seq_len), BATCH_BYTES // row_bytes))
     batch = check_positive_int("batch_size", batch_size)
     device = next(model_a.parameters()).device
     rotations = []
