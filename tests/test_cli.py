@@ -194,14 +194,15 @@ def test_every_jsonl_is_parsed_and_text_files_mix_in(checkpoint_dir, corpus_file
 # ------------------------------------------------------------------ real processes
 def _command(model: Path, corpus: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "tl_neuronkinds"] + _args(
-        model, corpus, out, "--tokens", "1024", "--checkpoint-every", "64", "--batch-size", "1"
+        model, corpus, out, "--tokens", "2048", "--checkpoint-every", "64", "--batch-size", "1"
     )
 
 
 def _env() -> dict[str, str]:
     """The subprocess's environment: offline, and one compute thread, so that on a 2-core
     machine the test process that watches its checkpoints to interrupt it is not starved past
-    the moment (a 1,024-token run writes its 16 checkpoints within about 0.6 s)."""
+    the moment. A 2,048-token run writes its 32 checkpoints over about 2.4 s on one thread of
+    this machine, so a watcher starved for a second still finds it running."""
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
