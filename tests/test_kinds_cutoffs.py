@@ -141,8 +141,9 @@ def test_min_count_and_evidence():
 
 
 def test_evidence_warning_below_a_million_text_tokens():
-    with pytest.warns(EvidenceWarning, match=r"5M tokens.*§2"):
+    with pytest.warns(EvidenceWarning, match=r"5M tokens.*§2") as caught:
         classify(_profile())
+    assert caught[0].filename == __file__  # the caller's line, not one inside the package
     tokens = torch.randint(3, 40, (1000, 1001))
     tokens[:, 0] = BOS
     acts = {0: (torch.rand(1000, 1001, 2) < 0.01).float()}

@@ -1,9 +1,8 @@
 """Checks and warnings shared by the kinds."""
 
-import sys
+import inspect
 import warnings
 from pathlib import Path
-from types import FrameType
 
 from tl_neuronkinds.errors import NeuronKindsError
 
@@ -30,8 +29,8 @@ class UndecidableWarning(UserWarning):
 
 def warn(message: str, category: type[Warning]) -> None:
     """Warn, attributed to the first caller outside tl_neuronkinds (and its type-checkers)."""
-    level = 2
-    frame: FrameType | None = sys._getframe(1)
+    here = inspect.currentframe()
+    level, frame = 2, here.f_back if here is not None else None
     while frame is not None:
         name = str(Path(frame.f_code.co_filename).resolve())
         if not (name.startswith(_INNER) or "jaxtyping" in name or "beartype" in name):
