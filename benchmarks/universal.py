@@ -20,6 +20,11 @@ Usage::
     python benchmarks/universal.py --tokens 8192                 # embedded model, CPU
     python benchmarks/universal.py --size opt-125m --tokens 1024
     python benchmarks/universal.py --size opt-125m --device cuda --tokens 65536
+    python benchmarks/universal.py --size opt-1.3b --layers-a 0 --tokens 512   # memory at 1.3b
+
+``--layers-a`` correlates only those layers of A (against all of B): the passes, and so the
+time, shrink with them, while the memory (both models, the tile against all of B's neurons, B's
+kept activations) stays what the whole run needs.
 """
 
 import argparse
@@ -76,6 +81,7 @@ def main() -> None:
     parser.add_argument("--cache", type=int, default=CACHE, help="bytes of kept activations")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers-a", type=int, nargs="+", default=None, help="A's layers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     configs = json.loads(CONFIGS.read_text())
@@ -89,7 +95,8 @@ def main() -> None:
         )
         d_mlp, n_layers = model_a.cfg.d_mlp, model_a.cfg.n_layers
         n = d_mlp * n_layers
-        tile = min(n, args.memory // (_TILE_BYTES * n))
+        n_a = d_mlp * len(args.layers_a) if args.layers_a else n
+        tile = min(n_a, args.memory // (_TILE_BYTES * n))
         positions = int((tokens != model_a.tokenizer.bos_token_id).sum())
         batch_positions = min(positions, 2048)
         before = _matmul_rate(batch_positions, tile, n, args.device)
@@ -98,7 +105,7 @@ def main() -> None:
         _reset_peak()
         start = time.perf_counter()
         table = nk.neuron_correlations(
-            model_a, model_b, tokens, memory=args.memory, cache=args.cache
+            model_a, model_b, tokens, layers_a=args.layers_a, memory=args.memory, cache=args.cache
         )
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -107,7 +114,7 @@ def main() -> None:
         # conservative, whatever the machine's other load did to one measurement.
         after = _matmul_rate(batch_positions, tile, n, args.device)
         rate = max(before, after)
-        useful = 2 * positions * n * n / seconds / 1e9
+        useful = 2 * positions * n_a * n / seconds / 1e9
         peak = (
             torch.cuda.max_memory_allocated() / 2**20
             if args.device.startswith("cuda")
@@ -127,8 +134,9 @@ def main() -> None:
                 "tokens": int(tokens.numel()),
                 "text_positions": positions,
                 "neurons_per_model": n,
+                "layers_a": args.layers_a or "all",
                 "tile": tile,
-                "passes": -(-n // tile),
+                "passes": -(-n_a // tile),
                 "matmul_gflops_float64": round(rate, 1),
                 "matmul_gflops_before_after": [round(before, 1), round(after, 1)],
                 "correlations_seconds": round(seconds, 2),
@@ -137,7 +145,7 @@ def main() -> None:
                 "peak_mb": round(peak),
                 "memory_budget_mb": args.memory / 2**20,
                 "cache_budget_mb": args.cache / 2**20,
-                "activations_mb": round(positions * 2 * n * 4 / 2**20),  # float32, both models
+                "activations_mb": round(positions * (n_a + n) * 4 / 2**20),  # float32, A and B
                 "full_accumulator_gib_here": round(n * n * 8 / 2**30, 2),
                 "full_accumulator_gib": {k: round(v, 1) for k, v in full.items()},
                 "universal": int(table["universal"].sum()),
