@@ -15,7 +15,8 @@ from tl_models import tl_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.universal import correlations
-from tl_neuronkinds.universal.correlations import COLUMNS, orthogonal
+from tl_neuronkinds.universal.correlations import COLUMNS
+from tl_neuronkinds.universal.rotations import Rotations, orthogonal
 
 
 def permuted(model: Any, seed: int) -> tuple[Any, list[torch.Tensor]]:
@@ -105,7 +106,7 @@ def test_correlations_and_baseline_equal_corrcoef_however_tiled(models, memory, 
 def run_chunks(positions: int, tile: int) -> list[slice]:
     """``_Run.chunks`` of a run whose B has 72 neurons (tiny_model's 3 layers of 24)."""
     side = correlations._Side(tiny_model(0), [0, 1, 2])
-    run = correlations._Run(side, side, torch.zeros(1, 1), BOS, 1, torch.device("cpu"), [])
+    run = correlations._Run(side, side, torch.zeros(1, 1), BOS, 1, torch.device("cpu"), None)
     return run.chunks(positions, tile)
 
 
@@ -184,6 +185,39 @@ def test_a_permuted_copy_matches_every_neuron_at_its_permutation(models) -> None
 def test_rotations_are_exactly_orthogonal() -> None:
     r = orthogonal(300, torch.Generator().manual_seed(0))
     np.testing.assert_allclose((r.T @ r).numpy(), np.eye(300), rtol=0, atol=1e-13)
+
+
+def test_rotations_from_a_file_are_the_ones_held_in_memory() -> None:
+    held = Rotations(3, 40, seed=5, device=torch.device("cpu"), room=3 * 40 * 40 * 8)
+    filed = Rotations(3, 40, seed=5, device=torch.device("cpu"), room=3 * 40 * 40 * 8 - 1)
+    assert not held.on_disk and filed.on_disk and len(filed) == 3
+    for _ in range(2):  # each use reads the file again, from its start
+        pairs = [(h, f.clone()) for h, f in zip(held, filed, strict=True)]
+        assert all(torch.equal(h, f) for h, f in pairs)
+
+
+def test_a_run_whose_rotations_outgrow_memory_reads_them_from_a_file(models, monkeypatch) -> None:
+    """Rotations of 3 x 24^2 float64 (13,824 bytes) against memory of 11,520: on disk, and the
+    table is the very one with the same tiles and the rotations held in memory."""
+    a, b = models
+    tokens = random_tokens(4, n_seq=6, seq_len=24, vocab=D_VOCAB)
+    made = []
+
+    class Spy(Rotations):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    class Held(Rotations):
+        def __init__(self, count, d, seed, device, room) -> None:
+            super().__init__(count, d, seed, device, room=1 << 40)
+
+    options = {"memory": 32 * 72 * 5, "bos_token_id": BOS, "seed": 3}
+    monkeypatch.setattr(correlations, "Rotations", Spy)
+    filed = nk.neuron_correlations(a, b, tokens, **options)
+    assert [r.on_disk for r in made] == [True]
+    monkeypatch.setattr(correlations, "Rotations", Held)
+    pd.testing.assert_frame_equal(filed, nk.neuron_correlations(a, b, tokens, **options))
 
 
 def test_more_models_average_the_excess(models) -> None:

@@ -22,7 +22,9 @@ chunks of positions, so a long row never needs float64 copies of all its activat
 
 Rotation: the baseline needs B's rotated activations ``b R`` (``R`` orthogonal per layer). Their
 products with A are ``S_ab R`` (linear, so no second accumulator), and their own sums are
-taken on the first pass.
+taken on the first pass. The rotations (``layers x d_mlp^2`` float64: 12 GiB at OPT-1.3b) are
+held in memory where they take at most ``memory`` bytes, else read from a temporary file one
+layer at a time (``rotations.py``).
 """
 
 from collections.abc import Iterator, Sequence
@@ -39,6 +41,7 @@ from tl_neuronkinds.kinds._common import check_positive_int
 from tl_neuronkinds.kinds.moments import FLAT
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.recording.recorder import check_layers, check_tokens
+from tl_neuronkinds.universal.rotations import Rotations
 from tl_neuronkinds.vocab import _d_mlp
 
 #: Gurnee et al. §3: universal neurons have an excess correlation above 0.5.
@@ -114,14 +117,6 @@ class _Side:
         with torch.inference_mode(), stop_at(self.model, stop):
             self.model.run_with_hooks(rows.to(device), fwd_hooks=hooks, stop_at_layer=stop)
         return torch.cat([seen[layer] for layer in layers], dim=1)
-
-
-def orthogonal(n: int, generator: torch.Generator) -> Float[torch.Tensor, "n n"]:
-    """A random orthogonal matrix (Haar, float64): Q of the QR of a Gaussian matrix, its columns'
-    signs fixed by R's diagonal. Orthogonal to float64 rounding (``Q^T Q = I`` to ~1e-15), not
-    an approximate rotation."""
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, 1.0)
 
 
 @dataclass
@@ -215,7 +210,7 @@ class _Run:
     bos: int
     batch: int
     device: torch.device
-    rotations: list[torch.Tensor]
+    rotations: Rotations | None
     cache: int = 0
     kept: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     filled: bool = False
@@ -262,6 +257,7 @@ class _Run:
         rotated, or, being linear, sums of A's products with them from those with B's own."""
         d = self.b.d_mlp
         out = torch.empty_like(b)
+        assert self.rotations is not None
         for i, rotation in enumerate(self.rotations):
             out[:, i * d : (i + 1) * d] = b[:, i * d : (i + 1) * d] @ rotation
         return out
@@ -311,7 +307,9 @@ def neuron_correlations(
         batch_size: Rows per forward (default: enough for 2,048 positions, at most 1 GiB of
             both models' activations).
         memory: Bytes of accumulators held at once: A's neurons are taken in tiles of
-            ``memory // (24 * N_B)``, one pass over ``tokens`` each.
+            ``memory // (24 * N_B)``, one pass over ``tokens`` each. B's rotations for the
+            baseline (``layers x d_mlp^2`` float64) are held in memory as well where they take
+            at most as many bytes; otherwise they are read from a temporary file per use.
         cache: Bytes of activations kept between passes (``positions x (N_A + N_B)`` in the
             models' dtype): the batches whose activations fit are run once rather than once per
             tile, the others once per tile. 0 keeps none.
@@ -331,11 +329,11 @@ def neuron_correlations(
             a model's vocabulary or context, bad layers, ``k``, ``batch_size``, ``memory`` or
             ``cache``.
     """
-    run, k = _prepare(
-        model_a, model_b, tokens, layers_a, layers_b, k, batch_size, seed, bos_token_id
-    )
     memory = check_positive_int("memory", memory)
     cache = _check_cache(cache)
+    run, k = _prepare(
+        model_a, model_b, tokens, layers_a, layers_b, k, batch_size, seed, bos_token_id, memory
+    )
     tile = memory // (_TILE_BYTES * run.b.size)
     if tile < 1:
         raise NeuronKindsError(
@@ -371,9 +369,11 @@ def _prepare(
     batch_size: object,
     seed: int | None,
     bos_token_id: int | None,
+    memory: int,
 ) -> tuple[_Run, int]:
     """The checked inputs as a ``_Run``, its rotations drawn from ``seed`` (None: no baseline,
-    no rotations), and ``k``."""
+    no rotations; held in memory where they take at most ``memory`` bytes, else read from a
+    temporary file per use), and ``k``."""
     _check_models(model_a, model_b)
     bos = bos_of(model_a, bos_token_id)
     check_tokens(tokens, model_a, bos)
@@ -387,10 +387,7 @@ def _prepare(
         batch_size = max(1, min(-(-BATCH_POSITIONS // seq_len), BATCH_BYTES // row_bytes))
     batch = check_positive_int("batch_size", batch_size)
     device = next(model_a.parameters()).device
-    rotations = []
-    if seed is not None:
-        generator = torch.Generator().manual_seed(seed)
-        rotations = [orthogonal(b.d_mlp, generator).to(device) for _ in b.layers]
+    rotations = None if seed is None else Rotations(len(b.layers), b.d_mlp, seed, device, memory)
     return _Run(a, b, tokens, bos, batch, device, rotations), k
 
 
@@ -421,7 +418,7 @@ def _pass(
             a_moments.add(a)
             if first_pass:
                 b_moments.add(b)
-            if first_pass and run.rotations:
+            if first_pass and run.rotations is not None:
                 if r_moments is None:
                     r_moments = _Moments(
                         torch.zeros(run.b.size, dtype=torch.float64, device=run.device)
@@ -488,11 +485,12 @@ def correlation_matrix(
         NeuronKindsError: The matrix does not fit (the message gives the bytes needed), or
             any input ``neuron_correlations`` refuses.
     """
+    memory = check_positive_int("memory", memory)
     run, _ = _prepare(
-        model_a, model_b, tokens, layers_a, layers_b, 1, batch_size, None, bos_token_id
+        model_a, model_b, tokens, layers_a, layers_b, 1, batch_size, None, bos_token_id, memory
     )
     needed = 8 * run.a.size * run.b.size  # the float64 sums, turned into the matrix in place
-    if needed > check_positive_int("memory", memory):
+    if needed > memory:
         raise NeuronKindsError(
             f"the {run.a.size} x {run.b.size} correlation matrix needs {needed:,} bytes of "
             f"accumulators, more than memory={memory:,}: raise memory, choose fewer layers, "
