@@ -46,6 +46,13 @@ def check_percent(name: str, value: object) -> int:
     return value
 
 
+def check_count(name: str, value: object) -> int:
+    """A non-negative integer (min_count, a number of bytes that may be 0)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise NeuronKindsError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
 def check_positive_int(name: str, value: object) -> int:
     """A positive integer cut-off (k_max, min_run)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.kinds._common import check_percent, check_positive_int
+from tl_neuronkinds.kinds._common import check_count, check_percent, check_positive_int
 
 #: Denominators of ``delta`` read as an exact fraction (0.05 = 1/20) stay at most this.
 _MAX_DENOMINATOR = 10**6
@@ -30,12 +30,6 @@ def _check_delta(value: object) -> float:
     return float(value)
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise NeuronKindsError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
 def _check(name: str, value: object) -> Any:
     """``value`` as the field ``name`` holds it, or a NeuronKindsError saying what is wrong."""
     if name in ("k_max", "min_run"):
@@ -45,7 +39,7 @@ def _check(name: str, value: object) -> Any:
     if name == "delta":
         return _check_delta(value)
     if name == "min_count":
-        return _check_count(name, value)
+        return check_count(name, value)
     return _check_number(name, value)
 
 

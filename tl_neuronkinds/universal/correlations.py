@@ -37,7 +37,7 @@ import torch
 from jaxtyping import Float
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.kinds._common import check_positive_int
+from tl_neuronkinds.kinds._common import check_count, check_positive_int
 from tl_neuronkinds.kinds.moments import FLAT
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.recording.recorder import check_layers, check_tokens
@@ -330,7 +330,7 @@ def neuron_correlations(
             ``cache``.
     """
     memory = check_positive_int("memory", memory)
-    cache = _check_cache(cache)
+    cache = check_count("cache", cache)
     run, k = _prepare(
         model_a, model_b, tokens, layers_a, layers_b, k, batch_size, seed, bos_token_id, memory
     )
@@ -347,12 +347,6 @@ def neuron_correlations(
         best.append(_Best.of(corr, k))
         baseline.append(_Best.of(rotated, 1).values[:, 0])
     return _table(run, best, torch.cat(baseline), threshold)
-
-
-def _check_cache(cache: object) -> int:
-    if isinstance(cache, bool) or not isinstance(cache, int) or cache < 0:
-        raise NeuronKindsError(f"cache must be a non-negative number of bytes, got {cache!r}")
-    return cache
 
 
 def _itemsize(model: Any) -> int:
