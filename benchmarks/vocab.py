@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 from streaming import machine, write_checkpoint  # noqa: E402
 
 import tl_neuronkinds as nk  # noqa: E402
-from tl_neuronkinds import vocab  # noqa: E402
+from tl_neuronkinds.vocab import projection as vocab  # noqa: E402
 
 CONFIGS = ROOT.parent / "shared/data/opt-configs.json"
 OPT_TOKENIZER = ROOT.parent / "shared/data/opt-tokenizer"

@@ -283,9 +283,9 @@ def test_repeated_notebook_outputs_render(planted, tmp_path) -> None:
 
 def test_report_renders_offline(planted, tmp_path) -> None:
     try:
-        from tl_neuronkinds.report import report
+        from tl_neuronkinds.present.report import report
     except ImportError as err:
-        pytest.skip(f"tl_neuronkinds.report is not there yet ({err})")
+        pytest.skip(f"tl_neuronkinds.present.report is not there yet ({err})")
     pytest.importorskip("matplotlib", reason="the report draws its figures with matplotlib")
     model, tokens, profile = planted
     path = report(profile, model, out=tmp_path / "report.html", tokens=tokens)

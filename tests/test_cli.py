@@ -16,6 +16,8 @@ from profile_checks import assert_same
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import atomic, cli
+from tl_neuronkinds.cli import common
+from tl_neuronkinds.cli import run as cli_run
 from tl_neuronkinds.recording import checkpoint
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
@@ -168,7 +170,7 @@ def test_a_disk_error_is_one_line_and_the_run_is_not_marked_finished(
             raise OSError(28, "No space left on device", str(path))
         return real(path, write)
 
-    monkeypatch.setattr(cli, "atomic_write", full_disk)
+    monkeypatch.setattr(cli_run, "atomic_write", full_disk)
     out = tmp_path / "full"
     assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "64")) == 2
     assert "No space left on device" in _one_line_error(capsys)
@@ -183,7 +185,7 @@ def test_every_jsonl_is_parsed_and_text_files_mix_in(checkpoint_dir, corpus_file
     second.write_text(json.dumps({"text": "a jsonl document " * 30}) + "\n")
     plain = tmp_path / "plain.txt"
     plain.write_text("a plain text document " * 30)
-    corpus = cli._corpus([str(corpus_file), str(second), str(plain)])
+    corpus = common.corpus([str(corpus_file), str(second), str(plain)])
     docs = list(corpus)
     assert len(docs) == 6 and docs[4].startswith("a jsonl") and docs[5].startswith("a plain")
     assert not any(doc.startswith("{") for doc in docs)  # no JSON read as text

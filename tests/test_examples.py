@@ -16,6 +16,7 @@ from recording_reference import BOS, random_tokens, tiny_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.recording import accumulate, examples
+from tl_neuronkinds.recording import settings as recording_settings
 from tl_neuronkinds.recording.accumulate import ProfileBuilder
 from tl_neuronkinds.recording.examples import (
     HIST_BINS,
@@ -279,7 +280,7 @@ def test_bad_windows_are_refused() -> None:
             nk.record(tiny_model(), random_tokens(1), bos_token_id=BOS, progress=False, window=bad)
     for wrong in ((1,), (1.5, 2), (True, 1), "12,4"):  # what the type hint forbids, checked anyway
         with pytest.raises(nk.NeuronKindsError, match="window"):
-            accumulate.check_window(wrong)
+            recording_settings.check_window(wrong)
 
 
 def test_format_3_profiles_load_without_windows() -> None:
@@ -365,4 +366,4 @@ def test_bad_top_k_is_refused() -> None:
         nk.record(tiny_model(), random_tokens(1), bos_token_id=BOS, progress=False, top_k=-1)
     for bad in (1.5, True, "8"):  # what the signature's type hint forbids, checked anyway
         with pytest.raises(nk.NeuronKindsError, match="top_k"):
-            accumulate.check_top_k(bad)
+            recording_settings.check_top_k(bad)

@@ -244,7 +244,7 @@ def test_the_report_and_the_page_show_massive_activations(planted, tmp_path) -> 
     for part in ('id="massive"', 'aria-label="massive-magnitudes"', "massive-attention", "§3"):
         assert part in text, part
     assert text.index('id="massive"') < text.index('id="neurons"')  # after the paper's figures
-    from tl_neuronkinds.massive.page import massive_page
+    from tl_neuronkinds.present.massive_page import massive_page
 
     page = massive_page(found, tmp_path / "massive.html", "planted").read_text()
     assert 'aria-label="massive-magnitudes"' in page and "data-nk-bundle" not in page

@@ -22,7 +22,7 @@ from tl_models import tl_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import render
-from tl_neuronkinds.views import NO_TOKENS, NeuronView
+from tl_neuronkinds.present.views import NO_TOKENS, NeuronView
 
 pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
 

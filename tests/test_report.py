@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import cli
-from tl_neuronkinds.report import _FILTER_JS
+from tl_neuronkinds.present.report import _FILTER_JS
 
 FIGURES = {
     "fig1a": "Figure 1a", "fig1b": "Figure 1b", "fig2-n1": "Figure 2",
@@ -245,7 +245,7 @@ def test_figures_ignore_and_keep_the_users_matplotlib_settings() -> None:
     import matplotlib
     import pandas as pd
 
-    from tl_neuronkinds import figures
+    from tl_neuronkinds.present import plots as figures
 
     series = {"a": pd.Series([1.0, 2.5, 0.5], index=pd.Index([0, 1, 2], name="layer"))}
     plain = figures.layer_line("x", series, "y")
@@ -304,8 +304,8 @@ def test_missing_matplotlib_is_a_clear_error(planted, tmp_path, monkeypatch) -> 
 
 def test_the_package_import_keeps_report_a_function_and_loads_no_matplotlib() -> None:
     code = (
-        "import sys, tl_neuronkinds as nk, tl_neuronkinds.report; "
-        "assert nk.report is sys.modules['tl_neuronkinds.report'].report; "
+        "import sys, tl_neuronkinds as nk, tl_neuronkinds.present.report; "
+        "assert nk.report is sys.modules['tl_neuronkinds.present.report'].report; "
         "print('matplotlib' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -67,7 +67,7 @@ def test_the_report_and_the_page_show_universal_neurons(found, tmp_path) -> None
     for part in ('id="universal"', 'aria-label="universal-share"', "universal-corr", "Families"):
         assert part in text, part
     assert text.index('id="universal"') < text.index('id="neurons"')
-    from tl_neuronkinds.universal.page import universal_page
+    from tl_neuronkinds.present.universal_page import universal_page
 
     page = universal_page(result, tmp_path / "u.html", "tiny").read_text()
     assert 'aria-label="universal-corr"' in page and "data-nk-bundle" not in page
@@ -96,9 +96,9 @@ def test_universal_command_writes_tables_and_page(tmp_path, capsys) -> None:
 
 
 def test_the_default_models_are_the_shipped_seeds() -> None:
-    from tl_neuronkinds.universal.command import _default_models
+    from tl_neuronkinds.cli.common import embedded_seeds
 
-    dirs = _default_models()
+    dirs = embedded_seeds()
     assert len(dirs) == len(SEEDS) == 3
     for directory in dirs:
         assert (embedded_model_dir() / "tokenizer.json").read_bytes() == (

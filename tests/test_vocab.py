@@ -14,10 +14,9 @@ from tl_models import TL4, process_weights, tl_model
 from transformers import OPTForCausalLM
 
 import tl_neuronkinds as nk
-from tl_neuronkinds import vocab
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.loading.identity import model_identity
 from tl_neuronkinds.loading.streaming import streamer_of
-from tl_neuronkinds.recording.identity import model_identity
 from tl_neuronkinds.vocab import (
     PROJECTION_COLUMNS,
     SUPPRESSION_COLUMNS,
@@ -26,6 +25,7 @@ from tl_neuronkinds.vocab import (
     vocab_projection,
     vocab_scores,
 )
+from tl_neuronkinds.vocab import projection as vocab
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning"),

@@ -32,6 +32,7 @@ from tl_neuronkinds.massive import (
     massive_attention,
     massive_intervention,
 )
+from tl_neuronkinds.present.report import report
 from tl_neuronkinds.recording import (
     LayerCounts,
     NeuronProfile,
@@ -42,7 +43,6 @@ from tl_neuronkinds.recording import (
     record,
     top_activations,
 )
-from tl_neuronkinds.report import report  # eager: the module would shadow it (see below)
 from tl_neuronkinds.universal import (
     UniversalNeurons,
     bos_attention_scores,
@@ -105,9 +105,8 @@ __all__ = [
 _VOCAB = ("suppression_by_layer", "trigger_suppression", "vocab_projection", "vocab_scores")
 
 
-# ``report`` is imported above, not on first use: once imported, the module
-# ``tl_neuronkinds.report`` would shadow a lazily returned function. It loads neither matplotlib
-# nor circuitsvis until a report is written.
+# ``report`` is imported eagerly (it loads neither matplotlib nor circuitsvis until a report
+# is written); the views and the vocabulary projection on first use.
 
 
 def __getattr__(name: str) -> Any:
@@ -120,7 +119,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(vocab, name)
     if name in ("show_neuron", "NeuronView"):
-        from tl_neuronkinds import views
+        from tl_neuronkinds.present import views
 
         return getattr(views, name)
     raise AttributeError(f"module 'tl_neuronkinds' has no attribute {name!r}")

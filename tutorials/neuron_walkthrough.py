@@ -65,7 +65,7 @@ if len(dead):
     print(view.kinds[["kind", "count"]].to_string(), "contexts:", len(view.contexts))
 
 # %% Several views on one page: circuitsvis's bundle is inlined once for the whole page.
-from tl_neuronkinds.render import page  # noqa: E402
+from tl_neuronkinds.present.render import page  # noqa: E402
 
 chosen = [n for n in (detector, positional) if n is not None]
 views = [nk.show_neuron(model, profile, *n, tokens=tokens, analysis=analysis) for n in chosen]

@@ -34,6 +34,7 @@ from tl_neuronkinds.loading.convert import (
     opt_config,
     validate_shapes,
 )
+from tl_neuronkinds.loading.identity import remember_fingerprint, weights_fingerprint
 from tl_neuronkinds.loading.streaming import (
     OFFLOAD_MODES,
     BlockStreamer,
@@ -41,7 +42,6 @@ from tl_neuronkinds.loading.streaming import (
     attach_streamer,
 )
 from tl_neuronkinds.loading.tl_adapters import has_hooked_transformer, keep_post_ln_hook_shapes
-from tl_neuronkinds.recording.identity import remember_fingerprint, weights_fingerprint
 
 _DTYPES = {
     "float32": torch.float32,

@@ -40,6 +40,7 @@ from tl_neuronkinds.recording.examples import TopActivations
 from tl_neuronkinds.recording.keys import SparseCounter, Table, check_key_space, ngram_ids
 from tl_neuronkinds.recording.plan import Plan, check_cap, finalize, review_drop
 from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
+from tl_neuronkinds.recording.settings import check_top_k, check_window
 
 # Largest float32 buffer or [groups, cols] block built at once (128 MiB).
 _BLOCK_ELEMENTS = 1 << 25
@@ -645,35 +646,6 @@ class ProfileBuilder:
             token_strings=list(self.token_strings),
             meta=dict(self.meta),
         )
-
-
-def check_top_k(top_k: object) -> int:
-    """``top_k`` as an int >= 0, or a NeuronKindsError."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise NeuronKindsError(f"top_k must be an integer >= 0, got {top_k!r}")
-    return top_k
-
-
-#: The context kept with each top activation by default (``record``, ``NeuronRecorder``):
-#: 12 tokens before it and 4 after, what ``show_neuron`` shows.
-WINDOW = (12, 4)
-#: Widest context window kept (``before + 1 + after`` positions).
-MAX_WINDOW = 257
-
-
-def check_window(window: object) -> tuple[int, int] | None:
-    """``window`` as ``(before, after)`` ints >= 0, None, or a NeuronKindsError."""
-    if window is None:
-        return None
-    if isinstance(window, tuple | list) and len(window) == 2:
-        before, after = window
-        numbers = [w for w in (before, after) if isinstance(w, int) and not isinstance(w, bool)]
-        if len(numbers) == 2 and min(numbers) >= 0 and sum(numbers) + 1 <= MAX_WINDOW:
-            return numbers[0], numbers[1]
-    raise NeuronKindsError(
-        f"window must be None or (before, after), integers >= 0 spanning at most {MAX_WINDOW} "
-        f"positions, got {window!r}"
-    )
 
 
 def _check_plan(plan: Plan, layers: list[int], d_mlp: int) -> None:

@@ -426,7 +426,7 @@ def contexts_of(
     (``pos + after``: the model is causal, so the activations before are those of the whole
     row) and only up to the highest layer asked for.
     """
-    from tl_neuronkinds.recording.identity import check_same_model
+    from tl_neuronkinds.loading.identity import check_same_model
 
     for name, value in (("before", before), ("after", after)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

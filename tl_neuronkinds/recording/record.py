@@ -31,10 +31,9 @@ from typing import Any
 import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.loading.identity import model_identity
 from tl_neuronkinds.loading.streaming import stop_at
-from tl_neuronkinds.recording.accumulate import WINDOW, check_top_k, check_window
 from tl_neuronkinds.recording.checkpoint import RunCheckpoint
-from tl_neuronkinds.recording.identity import model_identity
 from tl_neuronkinds.recording.plan import (
     Expected,
     Plan,
@@ -52,6 +51,13 @@ from tl_neuronkinds.recording.recorder import (
     check_layers,
     check_tokens,
     tokens_digest,
+)
+from tl_neuronkinds.recording.settings import (
+    DEFAULT_CAP,
+    DEFAULT_TOP_K,
+    DEFAULT_WINDOW,
+    check_top_k,
+    check_window,
 )
 
 #: Tokens per forward when batch_size is None: the paper's 64k-token chunks on a GPU; less on a CPU.
@@ -75,7 +81,7 @@ def record(
     layers: list[int] | None = None,
     threshold: float = 0.0,
     ngram_max: int = 3,
-    ngram_cap: int | None = 50,
+    ngram_cap: int | None = DEFAULT_CAP,
     batch_size: int | None = None,
     *,
     corpus: str | None = None,
@@ -84,9 +90,9 @@ def record(
     plan: Plan | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
-    top_k: int = 16,
+    top_k: int = DEFAULT_TOP_K,
     histogram: bool = False,
-    window: tuple[int, int] | None = WINDOW,
+    window: tuple[int, int] | None = DEFAULT_WINDOW,
 ) -> NeuronProfile:
     """Run ``tokens`` through ``model`` in batches and return the NeuronProfile of its neurons.
 

@@ -28,10 +28,11 @@ from jaxtyping import Float
 from torch.utils.hooks import RemovableHandle
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.recording.accumulate import WINDOW, BatchContext, ProfileBuilder
-from tl_neuronkinds.recording.identity import model_identity, token_strings
+from tl_neuronkinds.loading.identity import model_identity, token_strings
+from tl_neuronkinds.recording.accumulate import BatchContext, ProfileBuilder
 from tl_neuronkinds.recording.plan import Plan, choose_plan
 from tl_neuronkinds.recording.profile import NeuronProfile
+from tl_neuronkinds.recording.settings import DEFAULT_TOP_K, DEFAULT_WINDOW
 from tl_neuronkinds.version import __version__
 
 HOOK_NAME = "blocks.{layer}.mlp.hook_post"
@@ -87,9 +88,9 @@ class NeuronRecorder:
         plan: Plan | None = None,
         see: str = "after_user_hooks",
         bos_token_id: int | None = None,
-        top_k: int = 16,
+        top_k: int = DEFAULT_TOP_K,
         histogram: bool = False,
-        window: tuple[int, int] | None = WINDOW,
+        window: tuple[int, int] | None = DEFAULT_WINDOW,
         first_row: int = 0,
         row_stride: int = 1,
     ) -> None:

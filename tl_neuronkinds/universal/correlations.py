@@ -42,7 +42,7 @@ from tl_neuronkinds.kinds.moments import FLAT
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.recording.recorder import check_layers, check_tokens
 from tl_neuronkinds.universal.rotations import Rotations
-from tl_neuronkinds.vocab import _d_mlp
+from tl_neuronkinds.vocab.readout import d_mlp_of
 
 #: Gurnee et al. §3: universal neurons have an excess correlation above 0.5.
 EXCESS = 0.5
@@ -89,7 +89,7 @@ class _Side:
     d_mlp: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.d_mlp = _d_mlp(self.model)
+        self.d_mlp = d_mlp_of(self.model)
 
     @property
     def size(self) -> int:

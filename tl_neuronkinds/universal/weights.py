@@ -16,7 +16,7 @@ left out); ``head_layer`` a block whose heads a neuron's output reaches (``> lay
 Neuron (l, i) writes ``W_out[l][i]`` to the residual stream; its *readout direction*
 ``d_i = readout(model, l).apply(W_out[l][i])`` (``[d_unembed]``) is that row through the linear
 part of what lies between it and ``W_U`` (the LayerNorms' centring and gains, ``project_out``;
-``tl_neuronkinds.vocab``), so weights as the checkpoint holds them and TransformerLens's
+``tl_neuronkinds.vocab.readout``), so weights as the checkpoint holds them and TransformerLens's
 ``center_writing_weights`` agree. ``fold_ln`` moves the final gain into ``W_U``, which leaves the
 scores ``d_i @ W_U`` alone but changes the cosines below.
 """
@@ -32,13 +32,13 @@ from jaxtyping import Float
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.streaming import loaded_block
-from tl_neuronkinds.vocab import (
-    _check_layer,
-    _check_neurons,
-    _d_mlp,
-    _finite,
-    _is_bridge,
+from tl_neuronkinds.vocab.readout import (
+    check_layer,
+    check_neurons,
+    d_mlp_of,
+    finite,
     gain,
+    is_opt_bridge,
     readout,
 )
 
@@ -83,7 +83,7 @@ _POST_LN = (
 
 def _unit_vocab(w_u: torch.Tensor) -> Float[torch.Tensor, "d_unembed vocab"]:
     """``W_U``'s non-zero columns, each scaled to unit length (float32)."""
-    if not _finite(w_u):
+    if not finite(w_u):
         raise NeuronKindsError("W_U holds NaN or infinite values")
     kept = w_u[:, (w_u != 0).any(dim=0)].to(torch.float32)
     return kept / kept.norm(dim=0, keepdim=True)
@@ -123,7 +123,7 @@ def _null_basis(w_u: torch.Tensor, null_dims: int) -> Float[torch.Tensor, "d_une
 
 def _post_ln(model: Any) -> bool:
     """Whether ``model`` is post-LayerNorm OPT (a bridge of OPT-350m's layout)."""
-    return _is_bridge(model) and not model.original_model.config.do_layer_norm_before
+    return is_opt_bridge(model) and not model.original_model.config.do_layer_norm_before
 
 
 def _later_heads(model: Any, first: int) -> dict[int, Float[torch.Tensor, "n_heads d_model"]]:
@@ -204,12 +204,12 @@ def bos_attention_scores(
         NeuronKindsError: A post-LayerNorm model (OPT-350m), an attention without ``W_Q``,
             ``W_K``, ``b_K``, ``layer`` or a neuron out of range, non-finite weights.
     """
-    layer = _check_layer(model, layer)
-    ids = _check_neurons(model, neurons)
+    layer = check_layer(model, layer)
+    ids = check_neurons(model, neurons)
     readers = _later_heads(model, layer + 1)
     with loaded_block(model, layer):
         w_out = model.blocks[layer].mlp.W_out.detach()[ids.to(model.W_U.device)].double()
-    if not _finite(w_out):
+    if not finite(w_out):
         raise NeuronKindsError(f"W_out[{layer}] holds NaN or infinite values")
     n_later, n_heads = len(readers), model.cfg.n_heads
     scores = _scores(w_out, readers) if readers else torch.empty(ids.numel(), 0, n_heads)
@@ -236,10 +236,10 @@ def _check_settings(
     if layers is None:
         wanted = list(range(model.cfg.n_layers))
     elif isinstance(layers, int | np.integer):
-        wanted = [_check_layer(model, layers)]
+        wanted = [check_layer(model, layers)]
     else:
         try:
-            wanted = sorted({_check_layer(model, x) for x in layers})  # type: ignore[attr-defined]
+            wanted = sorted({check_layer(model, x) for x in layers})  # type: ignore[attr-defined]
         except TypeError as err:
             raise NeuronKindsError(f"layers must be integers, got {layers!r}") from err
     if isinstance(partition_ratio, bool) or not isinstance(partition_ratio, int | float):
@@ -319,12 +319,12 @@ def weight_stats(
             mlp = model.blocks[layer].mlp
             w_in, w_out = mlp.W_in.detach().double(), mlp.W_out.detach().double()
             directions = readout(model, layer).apply(w_out)
-        if not (_finite(w_in) and _finite(w_out)):
+        if not (finite(w_in) and finite(w_out)):
             raise NeuronKindsError(f"W_in[{layer}] or W_out[{layer}] holds NaN or infinite values")
         moments = _moments(directions, unit)
         in_norm, out_norm = w_in.norm(dim=0).cpu(), w_out.norm(dim=1).cpu()
         null_fraction = ((directions @ null).square().sum(1) / directions.square().sum(1)).cpu()
-        n = _d_mlp(model)
+        n = d_mlp_of(model)
         best = torch.full((n,), math.nan, dtype=torch.float64)
         where = torch.full((n, 2), -1, dtype=torch.int64)
         later = {m: r for m, r in readers.items() if m > layer}

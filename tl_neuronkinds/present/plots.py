@@ -307,7 +307,7 @@ def section_page(title: str, section: str, out: str | os.PathLike) -> Path:
     """A report section (figures and tables, no widgets) as a self-contained HTML page at
     ``out``, written atomically (``tl-neuronkinds massive`` and ``universal``)."""
     from tl_neuronkinds.atomic import atomic_write_text
-    from tl_neuronkinds.render import page
+    from tl_neuronkinds.present.render import page
 
     body = ['<div class="nk-view nk-report">', f"<h1>{html.escape(title)}</h1>", section, "</div>"]
     return atomic_write_text(out, page(title, body, widgets=False))

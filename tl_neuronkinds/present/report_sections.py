@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tl_neuronkinds import figures
 from tl_neuronkinds.kinds import (
     Analysis,
     EvidenceWarning,
@@ -25,6 +24,7 @@ from tl_neuronkinds.kinds import (
     position_teams,
     positional_neurons,
 )
+from tl_neuronkinds.present import plots as figures
 
 FIG5_DETECTORS = 8  # token detectors in Figure 5's table
 FIG5_K = 5  # promoted / suppressed tokens per detector in Figure 5
@@ -140,7 +140,7 @@ def _note(text: str) -> str:
 
 
 def _tokens(strings: list[str]) -> str:
-    from tl_neuronkinds.render import token_html
+    from tl_neuronkinds.present.render import token_html
 
     return " ".join(f'<code class="nk-tok">{token_html(s)}</code>' for s in strings)
 

@@ -37,15 +37,8 @@ from tl_neuronkinds.kinds.analysis import Analysis, analysis_of
 from tl_neuronkinds.kinds.classify import classification
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.ngrams import STATUSES, ngram_tokens
-from tl_neuronkinds.recording.examples import (
-    activation_histogram,
-    max_activating_contexts,
-    windows_cover,
-)
-from tl_neuronkinds.recording.identity import check_same_model
-from tl_neuronkinds.recording.keys import Table
-from tl_neuronkinds.recording.profile import NeuronProfile
-from tl_neuronkinds.render import (
+from tl_neuronkinds.loading.identity import check_same_model
+from tl_neuronkinds.present.render import (
     bar_plot,
     html_table,
     line_plot,
@@ -55,6 +48,13 @@ from tl_neuronkinds.render import (
     token_span,
     widget,
 )
+from tl_neuronkinds.recording.examples import (
+    activation_histogram,
+    max_activating_contexts,
+    windows_cover,
+)
+from tl_neuronkinds.recording.keys import Table
+from tl_neuronkinds.recording.profile import NeuronProfile
 from tl_neuronkinds.vocab import vocab_projection
 
 NO_TOKENS = (

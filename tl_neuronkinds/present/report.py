@@ -35,14 +35,14 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
-from tl_neuronkinds import figures
 from tl_neuronkinds.atomic import atomic_write_text
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import Analysis
 from tl_neuronkinds.massive.activations import MassiveActivations
+from tl_neuronkinds.present import plots as figures
+from tl_neuronkinds.present.report_sections import RunTables, figure_sections
 from tl_neuronkinds.recording.examples import windows_cover
 from tl_neuronkinds.recording.profile import IDENTITY_KEYS, NeuronProfile
-from tl_neuronkinds.report_figures import RunTables, figure_sections
 from tl_neuronkinds.universal.findings import UniversalNeurons
 
 MAX_DETECTORS = 48  # detector sections, by decreasing evidence
@@ -113,18 +113,18 @@ def report(
         analysis = Analysis(profile)
     elif analysis.profile is not profile:
         raise NeuronKindsError("analysis= must be an Analysis of the profile given")
-    from tl_neuronkinds.render import page
+    from tl_neuronkinds.present.render import page
 
     run = RunTables(analysis, model, tokens)
     title = f"Neuron kinds: {run.model_name}"
     fragments = [f"<style>{_CSS}</style>", '<div class="nk-view nk-report">', _header(run, title)]
     fragments += figure_sections(run)
     if massive is not None:
-        from tl_neuronkinds.massive.page import massive_section
+        from tl_neuronkinds.present.massive_page import massive_section
 
         fragments.append(massive_section(massive))
     if universal is not None:
-        from tl_neuronkinds.universal.page import universal_section
+        from tl_neuronkinds.present.universal_page import universal_section
 
         fragments.append(universal_section(universal))
     fragments += [*_neuron_sections(run), "</div>"]
@@ -134,7 +134,7 @@ def report(
 def check_model(profile: NeuronProfile, model: Any) -> None:
     """Refuse a model other than the one the profile was recorded from: its config hash and
     weights fingerprint (``recording/identity.py``) must be those in ``profile.meta``."""
-    from tl_neuronkinds.recording.identity import check_same_model
+    from tl_neuronkinds.loading.identity import check_same_model
 
     missing = [key for key in IDENTITY_KEYS if profile.meta.get(key) is None]
     if missing:
@@ -238,9 +238,9 @@ def _selection(run: RunTables) -> dict[tuple[int, int], list[str]]:
 
 
 def _neuron_sections(run: RunTables) -> list[str]:
+    from tl_neuronkinds.present.render import visible
+    from tl_neuronkinds.present.views import show_neuron
     from tl_neuronkinds.recording.examples import contexts_of
-    from tl_neuronkinds.render import visible
-    from tl_neuronkinds.views import show_neuron
 
     chosen = _selection(run)
     contexts: dict[tuple[int, int], pd.DataFrame] = {}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from tl_neuronkinds import figures
 from tl_neuronkinds.massive.activations import MassiveActivations
+from tl_neuronkinds.present import plots as figures
 
 
 def _table(frame: pd.DataFrame) -> str:

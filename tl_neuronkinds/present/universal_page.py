@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tl_neuronkinds import figures
+from tl_neuronkinds.present import plots as figures
 from tl_neuronkinds.universal.findings import UniversalNeurons
 
 #: Rows of the most universal neurons shown.
