@@ -22,7 +22,7 @@ import pytest
 from test_render import HOSTILE, hostile_profile, widget_props
 
 import tl_neuronkinds as nk
-from tl_neuronkinds import render
+from tl_neuronkinds.present import render
 
 pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
 

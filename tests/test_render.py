@@ -21,7 +21,7 @@ from planted import BOS, EXPECTED, VOCAB, planted_model, planted_tokens
 from tl_models import tl_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds import render
+from tl_neuronkinds.present import render
 from tl_neuronkinds.present.views import NO_TOKENS, NeuronView
 
 pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
