@@ -8,7 +8,6 @@ import torch
 from tl_models import tl_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.recording.keys import split_ngram_ids
 
 BOS = 2
 D_VOCAB = 40
@@ -64,13 +63,21 @@ def brute_force(tokens: torch.Tensor, acts: torch.Tensor, threshold: float = 0.0
     return out
 
 
+def decode_gram(gram_id: int, n: int, d_vocab: int) -> tuple[int, ...]:
+    """The tokens of an n-gram id, decoded here from the documented key layout (the n-gram read
+    as a number in base d_vocab, first token the most significant digit), not by the package."""
+    assert 0 <= gram_id < d_vocab**n, (gram_id, n, d_vocab)
+    return tuple(gram_id // d_vocab ** (n - 1 - j) % d_vocab for j in range(n))
+
+
 def table(profile: nk.NeuronProfile, layer: int, n: int) -> Counter:
+    """The (n-gram, neuron) counts of a layer, decoded from keys ``gram_id * d_mlp + neuron``."""
     c = profile.counts[layer]
-    grams = split_ngram_ids(c.ngrams[n].keys // profile.d_mlp, n, profile.d_vocab).tolist()
-    neurons = (c.ngrams[n].keys % profile.d_mlp).tolist()
-    return Counter(
-        {(tuple(g), i): v for g, i, v in zip(grams, neurons, c.ngrams[n].counts.tolist())}
-    )
+    out: Counter = Counter()
+    for key, v in zip(c.ngrams[n].keys.tolist(), c.ngrams[n].counts.tolist()):
+        gram_id, neuron = divmod(key, profile.d_mlp)
+        out[(decode_gram(gram_id, n, profile.d_vocab), neuron)] = v
+    return out
 
 
 def assert_matches(profile: nk.NeuronProfile, layer: int, ref: dict) -> None:
@@ -81,8 +88,13 @@ def assert_matches(profile: nk.NeuronProfile, layer: int, ref: dict) -> None:
     assert profile.pos_text_seqs.tolist() == ref["pos_seqs"]
     for n in (1, 2, 3):
         assert table(profile, layer, n) == ref["ngrams"][n]
-        ids = split_ngram_ids(profile.occurrences[n].keys, n, profile.d_vocab).tolist()
+        occurrences = profile.occurrences[n]
         assert (
-            Counter({tuple(g): o for g, o in zip(ids, profile.occurrences[n].counts.tolist())})
+            Counter(
+                {
+                    decode_gram(g, n, profile.d_vocab): o
+                    for g, o in zip(occurrences.keys.tolist(), occurrences.counts.tolist())
+                }
+            )
             == ref["occ"][n]
         )

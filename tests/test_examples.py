@@ -2,6 +2,7 @@
 the same however the tokens are batched, chunked, split, merged or resumed, and right on a
 hand-built model whose activations are known (ties included)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +16,15 @@ from profile_checks import assert_same
 from recording_reference import BOS, random_tokens, tiny_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.recording import accumulate, examples
+from tl_neuronkinds.recording import accumulate
+from tl_neuronkinds.recording import contexts as contexts_module
 from tl_neuronkinds.recording import settings as recording_settings
+from tl_neuronkinds.recording import top_k as top_k_module
 from tl_neuronkinds.recording.accumulate import ProfileBuilder
-from tl_neuronkinds.recording.examples import (
-    HIST_BINS,
-    HIST_EDGES,
-    activation_histogram,
-    contexts_of,
-    max_activating_contexts,
-    top_activations,
-)
+from tl_neuronkinds.recording.contexts import contexts_of, max_activating_contexts
+from tl_neuronkinds.recording.queries import activation_histogram, top_activations
+from tl_neuronkinds.recording.settings import MODEL_FREE_SETTINGS
+from tl_neuronkinds.recording.top_k import HIST_BINS, HIST_EDGES
 
 pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
 
@@ -118,6 +117,7 @@ def activations(draw):
     return torch.tensor(tokens), acts, k, draw(st.integers(1, n_seq)), window
 
 
+@pytest.mark.slow
 @given(activations())
 @settings(max_examples=60, deadline=None)
 def test_top_k_and_histogram_equal_brute_force_however_batched(case) -> None:
@@ -132,9 +132,8 @@ def test_top_k_and_histogram_equal_brute_force_however_batched(case) -> None:
     )
     assert whole.window == window
     assert_matches(whole, acts, k, tokens)
-    builder = ProfileBuilder(
-        [0, 2], d_mlp=acts[0].shape[-1], d_vocab=9, top_k=k, histogram=True, window=window
-    )
+    kept = replace(MODEL_FREE_SETTINGS, top_k=k, histogram=True, window=window)
+    builder = ProfileBuilder([0, 2], d_mlp=acts[0].shape[-1], d_vocab=9, settings=kept)
     for first in range(0, tokens.shape[0], batch):
         part = slice(first, first + batch)
         builder.add_batch(tokens[part], {layer: torch.tensor(a[part]) for layer, a in acts.items()})
@@ -150,7 +149,7 @@ def test_small_chunks_and_blocks_give_the_same_tables(monkeypatch, top_k) -> Non
     tokens[:, 0] = BOS
     acts = {0: rng.choice(np.float32([0.0, 0.25, 0.5, 4.0]), size=(7, 11, 6))}
     monkeypatch.setitem(accumulate._CHUNK_ELEMENTS, "cpu", 6 * 3)  # three rows per chunk
-    monkeypatch.setattr(examples, "TOP_BLOCK_ELEMENTS", 6 * 11)  # one sequence per update
+    monkeypatch.setattr(top_k_module, "TOP_BLOCK_ELEMENTS", 6 * 11)  # one sequence per update
     chunked = nk.profile_from_activations(
         tokens, {0: torch.tensor(acts[0])}, d_vocab=9, top_k=top_k, histogram=True, window=(4, 5)
     )
@@ -190,9 +189,7 @@ def test_strided_rows_merge_with_same_tokens() -> None:
             [0],
             d_mlp=3,
             d_vocab=9,
-            top_k=4,
-            histogram=True,
-            window=(2, 1),
+            settings=replace(MODEL_FREE_SETTINGS, top_k=4, histogram=True, window=(2, 1)),
             first_row=rank,
             row_stride=3,
         )
@@ -204,6 +201,7 @@ def test_strided_rows_merge_with_same_tokens() -> None:
     assert_same(nk.NeuronProfile.merge(ranks, same_tokens=True), whole)
 
 
+@pytest.mark.slow
 def test_record_keeps_the_model_top_activations(tmp_path) -> None:
     model, tokens = tiny_model(), random_tokens(11, n_seq=14)
     profile = nk.record(
@@ -217,16 +215,17 @@ def test_record_keeps_the_model_top_activations(tmp_path) -> None:
     assert_same(nk.NeuronProfile.load(tmp_path / "p"), profile)
 
 
+@pytest.mark.slow
 def test_contexts_of_many_neurons_match_full_rows(monkeypatch) -> None:
     """One pass for several neurons of several layers (rows cut at the furthest context, in
     small batches) gives each the contexts a full forward of every row gives."""
-    monkeypatch.setattr(examples, "CONTEXT_BATCH", 3)
+    monkeypatch.setattr(contexts_module, "CONTEXT_BATCH", 3)
     model, tokens = tiny_model(), random_tokens(13, n_seq=11, seq_len=16)
     profile = nk.record(model, tokens, bos_token_id=BOS, progress=False, top_k=4)
     _, cache = model.run_with_cache(tokens)
     wanted = [(0, 1), (2, 5), (0, 7), (1, 3), (2, 0)]
     profile.window = None  # contexts from the forward, not from the windows
-    got = examples.contexts_of(model, profile, tokens, wanted, k=3, before=3, after=2)
+    got = contexts_of(model, profile, tokens, wanted, k=3, before=3, after=2)
     assert sorted(got) == sorted(wanted)
     for layer, neuron in wanted:
         acts = cache[f"blocks.{layer}.mlp.hook_post"][..., neuron].numpy()
@@ -242,6 +241,7 @@ def test_contexts_of_many_neurons_match_full_rows(monkeypatch) -> None:
         assert single.drop(columns="activations").equals(contexts.drop(columns="activations"))
 
 
+@pytest.mark.slow
 def test_contexts_from_windows_equal_contexts_from_a_forward() -> None:
     """A profile's windows give the contexts a forward over the rows gives, without tokens;
     wider contexts than kept fall back to the forward (and need the tokens)."""
@@ -292,6 +292,7 @@ def test_format_3_profiles_load_without_windows() -> None:
         contexts_of(None, old, None, [(0, 1)])
 
 
+@pytest.mark.slow
 def test_a_recorder_numbers_the_rows_of_its_forwards_in_order() -> None:
     model, tokens = tiny_model(), random_tokens(12, n_seq=9)
     recorder = nk.NeuronRecorder(model, top_k=3, histogram=True, bos_token_id=BOS)

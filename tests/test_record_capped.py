@@ -1,5 +1,5 @@
 """``nk.record`` with the n-gram cap: exact wherever it reports, whatever the plan, the reviews,
-the repairs and the checkpoints did (SPEC.md, "The n-gram cap")."""
+the repairs and the checkpoints did (docs/kinds.md, "The n-gram cap")."""
 
 import importlib
 
@@ -14,6 +14,7 @@ from recording_reference import BOS, random_tokens, tiny_model
 import tl_neuronkinds as nk
 from tl_neuronkinds.recording import plan as plan_module
 from tl_neuronkinds.recording import progress as progress_module
+from tl_neuronkinds.recording import settings as recording_settings
 
 record_module = importlib.import_module("tl_neuronkinds.recording.record")
 
@@ -61,6 +62,7 @@ def check_capped_against_exhaustive(capped: nk.NeuronProfile, full: nk.NeuronPro
             assert (k95[complete.numpy() & (active > 0)] <= cap).all()
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),
@@ -89,6 +91,7 @@ def test_capped_record_is_exact_where_it_reports(
     check_capped_against_exhaustive(capped, full)
 
 
+@pytest.mark.slow
 def test_a_plan_that_misses_everything_is_repaired(monkeypatch) -> None:
     model = tiny_model(1)
     tokens = random_tokens(21, n_seq=10, seq_len=16, vocab=6)
@@ -140,6 +143,7 @@ def _interrupt_after(monkeypatch, n: int) -> None:
     monkeypatch.setattr(record_module.RunCheckpoint, "add_segment", add_segment)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_profile_of_an_uninterrupted_one(
     tmp_path, monkeypatch
 ) -> None:
@@ -173,6 +177,7 @@ def test_an_interrupted_run_resumes_to_the_profile_of_an_uninterrupted_one(
         nk.record(model, tokens[:-1], checkpoint_dir=tmp_path / "b", **kwargs)
 
 
+@pytest.mark.slow
 def test_checkpoints_do_not_grow_with_the_checkpoints_before_them(tmp_path, monkeypatch) -> None:
     """Each checkpoint writes only its interval: segment sizes stay flat."""
     saved: list[int] = []
@@ -208,7 +213,7 @@ def test_bad_caps_and_plans_are_refused() -> None:
             nk.record(model, tokens, ngram_cap=cap, bos_token_id=BOS, progress=False)
     for cap in (5.0, True, "50"):  # what the signature's type hint forbids, checked anyway
         with pytest.raises(nk.NeuronKindsError, match="ngram_cap"):
-            plan_module.check_cap(cap)
+            recording_settings.check_cap(cap)
     with pytest.raises(nk.NeuronKindsError, match="plan"):
         nk.record(model, tokens, plan={0: torch.ones(3, dtype=torch.bool)}, bos_token_id=BOS)
     with pytest.raises(nk.NeuronKindsError, match="checkpoint_dir"):

@@ -1,10 +1,13 @@
 """NeuronRecorder inside a user's own experiment: tokens taken from each forward, hook order
-relative to the user's hooks, forwards that stop part-way, and a short repr."""
+relative to the user's hooks, forwards that stop part-way, OPT-350m's bridge layout, and a short
+repr."""
 
 import pytest
 import torch
+from opt_fixtures import hf_reference, make_tiny_opt
 from profile_checks import assert_same
 from recording_reference import BOS, assert_matches, brute_force, random_tokens, tiny_model
+from tl_models import is_bridge
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.recording import recorder as recorder_module
@@ -93,6 +96,25 @@ def test_the_recorder_sees_the_users_ablation_by_default(when: str) -> None:
     assert not model.hook_dict[f"blocks.{LAYER}.mlp.hook_post"]._forward_hooks  # all removed
 
 
+@pytest.mark.filterwarnings("ignore:.*has no tokenizer files")
+def test_a_350m_style_bridge_is_counted_from_transformer_lens_layout(tmp_path) -> None:
+    """OPT-350m's layout (post-LayerNorm, projected) loads as a TransformerBridge whose FFN runs
+    on ``[batch * pos, d_model]``; the recorder's hooks, added through TransformerLens, see
+    ``[batch, pos, d_mlp]`` and count exactly what transformers computes."""
+    path = make_tiny_opt(tmp_path / "opt", tokenizer=False, seed=3, post_ln=True, proj_dim=16)
+    model = nk.load_opt(path, device="cpu")
+    assert is_bridge(model)
+    tokens = random_tokens(21, n_seq=3, seq_len=9)
+    _, posts = hf_reference(path, tokens)
+    recorder = nk.NeuronRecorder(model, bos_token_id=BOS)
+    with recorder.recording(tokens):
+        model(tokens)
+    profile = recorder.profile()
+    for layer, acts in enumerate(posts):
+        assert_matches(profile, layer, brute_force(tokens, acts))
+    assert not any(model.hook_dict[f"blocks.{layer}.mlp.hook_post"].fwd_hooks for layer in (0, 1))
+
+
 def test_a_forward_that_stops_part_way_makes_the_recorder_refuse() -> None:
     model = tiny_model()
     tokens = random_tokens(8)
@@ -122,6 +144,7 @@ def test_a_forward_with_tokens_without_bos_is_refused_before_it_runs() -> None:
         recorder.profile()
 
 
+@pytest.mark.slow
 def test_a_capped_recorder_plans_after_its_sample(monkeypatch) -> None:
     monkeypatch.setattr(recorder_module, "PLAN_SAMPLE_POSITIONS", 24)
     model = tiny_model()

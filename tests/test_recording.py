@@ -1,6 +1,7 @@
 """NeuronRecorder, record() and NeuronProfile against a brute-force count of raw activations."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,10 +11,12 @@ from profile_checks import assert_same
 from recording_reference import BOS, D_VOCAB, assert_matches, brute_force, random_tokens, tiny_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.recording import accumulate
+from tl_neuronkinds.recording import unigrams
 from tl_neuronkinds.recording.keys import ngram_ids, split_ngram_ids
+from tl_neuronkinds.recording.settings import RecordingSettings
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
@@ -26,8 +29,8 @@ def test_record_equals_brute_force(
 ) -> None:
     with pytest.MonkeyPatch.context() as patch:
         if not dense_unigrams:  # every unigram table turns sparse at once
-            patch.setattr(accumulate, "_SPARSE_MIN_BYTES", 0)
-            patch.setattr(accumulate, "_SPARSE_DENSITY", 1 << 40)
+            patch.setattr(unigrams, "_SPARSE_MIN_BYTES", 0)
+            patch.setattr(unigrams, "_SPARSE_DENSITY", 1 << 40)
         check_record_against_brute_force(seed, batch_size, threshold)
 
 
@@ -161,7 +164,7 @@ def test_bad_tokens_and_layers_raise() -> None:
         nk.record(model, no_bos, bos_token_id=BOS, progress=False)
     out_of_vocab = good.clone()
     out_of_vocab[1, 4] = D_VOCAB
-    with pytest.raises(nk.NeuronKindsError, match="vocabulary|\\[0, 40\\)"):
+    with pytest.raises(nk.NeuronKindsError, match="vocabulary|\\[0, 40\\)|0\\.\\.39"):
         nk.record(model, out_of_vocab, bos_token_id=BOS, progress=False)
     with pytest.raises(nk.NeuronKindsError, match="layers"):
         nk.NeuronRecorder(model, layers=[3], bos_token_id=BOS)
@@ -176,3 +179,41 @@ def test_bad_tokens_and_layers_raise() -> None:
 def test_non_relu_warns() -> None:
     with pytest.warns(UserWarning, match="not ReLU"):
         nk.NeuronRecorder(tiny_model(act_fn="gelu"), bos_token_id=BOS)
+
+
+def test_recording_settings_are_checked_once_stored_and_round_trip(tmp_path) -> None:
+    settings = RecordingSettings(threshold=0.1, ngram_cap=None, top_k=3, histogram=True)
+    assert RecordingSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    assert RecordingSettings(top_k=0).window is None  # no top activations, no contexts
+    for (
+        bad
+    ) in (  # (values beside the type hints are refused too, but a type checker sees them first)
+        {"ngram_max": 4},
+        {"ngram_max": True},
+        {"ngram_cap": 4},
+        {"top_k": -1},
+        {"window": (-1, 2)},
+        {"window": (200, 100)},
+        {"threshold": float("nan")},
+        {"bos_token_id": -2},
+    ):
+        with pytest.raises(nk.NeuronKindsError, match=next(iter(bad))):
+            RecordingSettings(**bad)
+    with pytest.raises(nk.NeuronKindsError, match="unknown"):
+        RecordingSettings.from_dict({"cap": 5})
+    model, tokens = tiny_model(), random_tokens(23)
+    kwargs = {"threshold": 0.1, "ngram_cap": None, "top_k": 3, "histogram": True}
+    by_keywords = nk.record(model, tokens, bos_token_id=BOS, progress=False, **kwargs)
+    by_settings = nk.record(
+        model, tokens, progress=False, settings=replace(settings, bos_token_id=BOS)
+    )
+    assert_same(by_settings, by_keywords)
+    stored = replace(settings, bos_token_id=BOS)
+    assert by_keywords.settings == stored
+    assert RecordingSettings.from_dict(by_keywords.meta["recording"]) == stored
+    by_keywords.save(tmp_path / "p")
+    assert nk.NeuronProfile.load(tmp_path / "p").meta["recording"] == stored.to_dict()
+    # A merge states what the merged counts hold: the least top-k of its parts.
+    fewer = nk.record(model, tokens, bos_token_id=BOS, progress=False, **{**kwargs, "top_k": 2})
+    merged = nk.NeuronProfile.merge([by_keywords, fewer])
+    assert merged.meta["recording"] == replace(stored, top_k=2).to_dict()

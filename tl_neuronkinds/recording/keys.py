@@ -7,7 +7,7 @@ An n-gram ``(x[p-n+1], ..., x[p])`` over a vocabulary of ``d_vocab`` tokens gets
 ``sum_j x[p-n+1+j] * d_vocab**(n-1-j)`` (the n-gram read as a number in base ``d_vocab``), and
 the pair (n-gram g, neuron i) the key ``g * d_mlp + i``. For OPT's 50,272 tokens and ``d_mlp``
 up to 36,864 a trigram key stays below 2**63, so every count is kept exactly in one int64 key
-(DESIGN.md, "Exact n-gram counts at scale"). A sparse table is a pair of tensors (sorted unique
+(no hashing, no sampling: counts stay exact at any scale). A sparse table is a pair of tensors (sorted unique
 keys, positive counts); tables merge by concatenation and a sort.
 """
 

@@ -1,4 +1,4 @@
-"""The n-gram plan and the two certificates of ``k95_n > cap`` (SPEC.md, "The n-gram cap").
+"""The n-gram plan and the two certificates of ``k95_n > cap`` (docs/kinds.md, "The n-gram cap").
 
 A capped recording keeps n >= 2 counts only where they can matter; a neuron whose counts it
 dropped is reported *censored* only with a proof that ``k95_n > cap``, else *unknown*. Proofs:
@@ -39,6 +39,8 @@ from tl_neuronkinds.recording.profile import NeuronProfile
 Plan = dict[int, Bool[torch.Tensor, " d_mlp"]]
 #: Layer -> n -> each neuron's projected activations at order n over a whole pass.
 Expected = dict[int, dict[int, torch.Tensor]]
+#: Layer -> n -> (tail bounds, activations) that earlier checkpoint intervals of a pass counted.
+Carried = dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]]
 #: Dense [neurons, d_vocab] cells built at once to find each neuron's largest unigram counts,
 #: and table entries scattered into them at once (bounds the transient index arrays).
 _DENSE_ELEMENTS = 1 << 24
@@ -55,16 +57,16 @@ PLAN_MARGIN = 2.0
 REVIEW_SAFETY = 3.0
 
 
-def check_cap(ngram_cap: object) -> int | None:
-    """``ngram_cap`` as given, or a NeuronKindsError unless it is None or an integer >= 5."""
-    if ngram_cap is None:
-        return None
-    if isinstance(ngram_cap, bool) or not isinstance(ngram_cap, int) or ngram_cap < 5:
-        raise NeuronKindsError(
-            f"ngram_cap must be an integer >= 5 (detectors need k95 <= 5, §4.2) or None, "
-            f"got {ngram_cap!r}"
-        )
-    return ngram_cap
+def check_plan(plan: Plan, layers: list[int], d_mlp: int) -> None:
+    """NeuronKindsError unless ``plan`` gives a bool mask of shape ``(d_mlp,)`` per layer."""
+    for layer in layers:
+        mask = plan.get(layer)
+        if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != (d_mlp,):
+            found = None if mask is None else (mask.dtype, tuple(mask.shape))
+            raise NeuronKindsError(
+                f"the n-gram plan must give a bool mask of shape ({d_mlp},) for every recorded "
+                f"layer; layer {layer} has {found}"
+            )
 
 
 # ------------------------------------------------------------------ the unigram certificate
@@ -222,6 +224,43 @@ def review_drop(
     complete = complete.to(total.device)
     drop = complete & (seen_tail > 0) & (100 * seen_tail > 5 * REVIEW_SAFETY * heading)
     return drop, tail
+
+
+def expected_activations(sample: NeuronProfile, scale: float, ngram_max: int) -> Expected:
+    """Layer -> n -> each neuron's activations at order n projected from the sample (this
+    rank's share: ``scale`` = rows per sampled row / ranks)."""
+    return {
+        layer: {
+            n: torch.from_numpy(ngram_active(sample, layer, n) * scale)
+            for n in range(2, ngram_max + 1)
+        }
+        for layer in sample.layers
+    }
+
+
+def still_counted(segment: NeuronProfile) -> Plan:
+    """Layer -> the neurons whose n >= 2 counts ``segment`` still kept at its end."""
+    return {
+        layer: torch.stack(
+            [segment.complete(layer, n) for n in range(2, segment.ngram_max + 1)]
+        ).any(0)
+        for layer in segment.layers
+    }
+
+
+def carried_tails(segments: list[NeuronProfile], carried: Carried | None = None) -> Carried:
+    """Layer -> n -> (tail bounds, activations) summed over ``segments`` (and ``carried``)."""
+    out: Carried = {} if carried is None else {k: dict(v) for k, v in carried.items()}
+    for seg in segments:
+        assert seg.ngram_cap is not None
+        for layer in seg.layers:
+            for n in range(2, seg.ngram_max + 1):
+                exact = seg.counts[layer].ngrams[n].neuron_tails(seg.d_mlp, seg.ngram_cap)[1]
+                tail = torch.where(seg.complete(layer, n), exact, seg.tail(layer, n))
+                active = torch.from_numpy(ngram_active(seg, layer, n))
+                old = out.setdefault(layer, {}).get(n)
+                out[layer][n] = (tail, active) if old is None else (old[0] + tail, old[1] + active)
+    return out
 
 
 def add_repair(

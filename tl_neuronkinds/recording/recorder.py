@@ -1,22 +1,36 @@
 """NeuronRecorder: counts FFN neuron activity from ``blocks.{l}.mlp.hook_post`` during any forward.
 
 It runs inside a user's own hook-based experiment, next to their hooks, on HookedTransformer
-and TransformerBridge alike. Three PyTorch hooks, all removed when ``recording()`` exits:
+and TransformerBridge alike, with two kinds of hook, all removed when ``recording()`` exits:
 
-- a forward pre-hook on ``model.embed`` takes each forward's tokens from the forward itself
-  (both model classes call ``embed(tokens)`` first), so any loop of batches inside one
-  ``recording()`` counts each batch against its own tokens;
-- a forward hook on each recorded ``blocks.{l}.mlp.hook_post`` HookPoint counts its output.
-  By default (``see="after_user_hooks"``) it runs after every other hook on that point, so the
-  profile counts the activation the model goes on with: a user's ablation shows in it. With
-  ``see="before_user_hooks"`` it runs before them and counts the activation as computed. The
-  order is re-established at the start of every forward, after the user's hooks were added.
+- a hook on each recorded ``blocks.{l}.mlp.hook_post`` HookPoint (its name from
+  ``loading.hook_names``, i.e. TransformerLens's ``get_act_name("post", l)``), added through
+  TransformerLens's own ``HookPoint.add_hook(..., level=, prepend=)``: it counts the value.
+  TransformerLens hands hooks added so the value in its documented layout ``[batch, pos, d_mlp]``
+  on both model classes (measured on a tiny post-LayerNorm OPT bridge, TransformerLens 3.9: a
+  plain PyTorch forward hook on the same HookPoint sees ``[batch * pos, d_mlp]``, ``(10, 64)``
+  for 2 rows of 5 tokens, where ``add_hook``'s sees ``(2, 5, 64)``), so no layout is guessed.
+  Each recording's hooks carry a context level of their own (``_LEVELS``: negative, so never
+  one of ``model.hooks()``'s), so ``remove_hooks(level=...)`` removes exactly them, and a
+  user's ``model.hooks()`` or ``run_with_hooks`` leaves them alone. By default
+  (``see="after_user_hooks"``) the recorder's hook runs after every other hook on that point,
+  so the profile counts the activation the model goes on with: a user's ablation shows in it.
+  With ``see="before_user_hooks"`` (``prepend=True``) it runs before them and counts the
+  activation as computed. Hooks run in the order they were added and ``run_with_hooks`` adds
+  the user's as its forward starts, so the recorder re-adds its own at the start of every
+  forward, after the user's (measured: about 60 us per recorded layer and forward on a CPU,
+  nothing beside a forward);
+- a PyTorch forward pre-hook on ``model.embed`` takes each forward's tokens from the forward
+  itself (both model classes call ``embed(tokens)`` first), so any loop of batches inside one
+  ``recording()`` counts each batch against its own tokens. TransformerLens has no HookPoint
+  on a forward's input tokens (``hook_embed`` holds their embeddings), hence a module hook.
 
 A forward counts once it has reached every recorded layer; one that stops part-way (an error,
 or ``stop_at_layer`` below the last recorded layer) makes the recorder refuse to give a profile.
 """
 
 import hashlib
+import itertools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,17 +39,20 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from torch.utils.hooks import RemovableHandle
 
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.loading.identity import model_identity, token_strings
-from tl_neuronkinds.recording.accumulate import BatchContext, ProfileBuilder
+from tl_neuronkinds.loading.hook_names import mlp_post
+from tl_neuronkinds.loading.identity import model_identity
+from tl_neuronkinds.loading.tokens import check_tokens, token_strings
+from tl_neuronkinds.recording.accumulate import ProfileBuilder
+from tl_neuronkinds.recording.batch_context import BatchContext
 from tl_neuronkinds.recording.plan import Plan, choose_plan
 from tl_neuronkinds.recording.profile import NeuronProfile
-from tl_neuronkinds.recording.settings import DEFAULT_TOP_K, DEFAULT_WINDOW
+from tl_neuronkinds.recording.settings import DEFAULT_TOP_K, DEFAULT_WINDOW, RecordingSettings
 from tl_neuronkinds.version import __version__
 
-HOOK_NAME = "blocks.{layer}.mlp.hook_post"
+#: TransformerLens context levels of the recordings' hooks: one each, below model.hooks()' (>= 0).
+_LEVELS = itertools.count(-1, -1)
 SEE = ("after_user_hooks", "before_user_hooks")
 #: A recorder given a cap but no plan counts every neuron's n-grams until it has seen this many
 #: positions, then fixes the plan from their unigram counts (``plan.choose_plan``).
@@ -56,9 +73,9 @@ class NeuronRecorder:
     Args:
         model: A HookedTransformer or TransformerBridge.
         layers: Layers to record (default: all).
-        threshold: Active means activation > threshold (SPEC.md "Terms"; 0.0 for OPT's ReLU).
+        threshold: Active means activation > threshold (docs/kinds.md, "Terms"; 0.0 for OPT's ReLU).
         ngram_max: Largest n-gram order counted (1–3; §4 and Appendix A use 1, 2, 3).
-        ngram_cap: The n-gram cap (SPEC.md). None (default here) keeps every neuron's n >= 2
+        ngram_cap: The n-gram cap (docs/kinds.md). None (default here) keeps every neuron's n >= 2
             counts. With a cap and no ``plan`` the recorder counts every neuron's n-grams for
             its first ``PLAN_SAMPLE_POSITIONS`` positions, then only the planned neurons'; a
             neuron the plan missed is reported as unknown (``nk.record`` recounts it instead).
@@ -68,13 +85,15 @@ class NeuronRecorder:
             ``"before_user_hooks"`` (count the activation as computed).
         bos_token_id: BOS id; default: the model's tokenizer's.
         top_k: Keep each neuron's ``top_k`` largest activations with the sequence (the rows of
-            the forwards, counted in the order they ran) and position (``examples.py``).
-        histogram: Keep each neuron's activation histogram (``examples.py``).
+            the forwards, counted in the order they ran) and position (``top_k.py``).
+        histogram: Keep each neuron's activation histogram (``top_k.py``).
         window: ``(before, after)`` of the context kept with each top activation (its tokens
-            and the neuron's activations there, ``examples.py``); None keeps none.
+            and the neuron's activations there, ``top_k.py``); None keeps none.
         first_row, row_stride: The index of the first sequence this recorder sees, and the step
             between sequences, where its forwards are part of a larger token tensor
             (``nk.record`` uses them for its ranks and checkpoint intervals).
+        settings: threshold, ngram_max, ngram_cap, top_k, histogram, window and bos_token_id
+            at once (``settings.RecordingSettings``), instead of those keywords.
     """
 
     def __init__(
@@ -93,6 +112,7 @@ class NeuronRecorder:
         window: tuple[int, int] | None = DEFAULT_WINDOW,
         first_row: int = 0,
         row_stride: int = 1,
+        settings: RecordingSettings | None = None,
     ) -> None:
         cfg = model.cfg
         self.model = model
@@ -100,60 +120,61 @@ class NeuronRecorder:
         if see not in SEE:
             raise NeuronKindsError(f"see must be one of {SEE}, got {see!r}")
         self.see = see
+        if settings is None:
+            settings = RecordingSettings(
+                threshold=threshold,
+                ngram_max=ngram_max,
+                ngram_cap=ngram_cap,
+                top_k=top_k,
+                histogram=histogram,
+                window=window,
+                bos_token_id=bos_token_id,
+            )
+        settings = settings.resolve_bos(model)
         tokenizer = getattr(model, "tokenizer", None)
-        if bos_token_id is None:
-            bos_token_id = getattr(tokenizer, "bos_token_id", None)
-            if bos_token_id is None:
-                raise NeuronKindsError(
-                    "the model has no tokenizer with a BOS id: pass bos_token_id"
-                )
         act_fn = str(getattr(cfg, "act_fn", "relu")).lower()
-        if act_fn != "relu" and threshold == 0.0:
+        if act_fn != "relu" and settings.threshold == 0.0:
             warnings.warn(
                 f"the model's activation is {act_fn}, not ReLU: 'active' means > threshold "
-                f"({threshold}); choose a threshold that suits it",
+                f"({settings.threshold}); choose a threshold that suits it",
                 stacklevel=2,
             )
+        self.settings = settings
         self._builder = ProfileBuilder(
             self.layers,
             d_mlp=cfg.d_mlp,
             d_vocab=cfg.d_vocab,
-            threshold=threshold,
-            ngram_max=ngram_max,
-            ngram_cap=ngram_cap,
+            settings=settings,
             plan=plan,
-            bos_token_id=int(bos_token_id),
-            top_k=top_k,
-            histogram=histogram,
-            window=window,
             first_row=first_row,
             row_stride=row_stride,
             token_strings=token_strings(tokenizer, cfg.d_vocab),
             meta={
                 **model_identity(model),
+                "n_layers": int(cfg.n_layers),  # the model's, for relative depth
                 "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
                 "package_version": __version__,
             },
         )
-        self._plan_pending = ngram_cap is not None and plan is None and ngram_max >= 2
+        self._plan_pending = settings.capped and plan is None
         self._broken: str | None = None
         self._forward: _Forward | None = None
 
     @property
     def threshold(self) -> float:
-        return self._builder.threshold
+        return self.settings.threshold
 
     @property
     def ngram_max(self) -> int:
-        return self._builder.ngram_max
+        return self.settings.ngram_max
 
     @property
     def ngram_cap(self) -> int | None:
-        return self._builder.ngram_cap
+        return self.settings.ngram_cap
 
     @property
     def bos_token_id(self) -> int:
-        return self._builder.bos_token_id
+        return self.settings.bos
 
     @property
     def nbytes(self) -> int:
@@ -176,17 +197,21 @@ class NeuronRecorder:
                 f"{type(self.model).__name__} has no `embed` module to take each forward's "
                 "tokens from"
             )
-        points = {
-            layer: self.model.hook_dict[HOOK_NAME.format(layer=layer)] for layer in self.layers
-        }
-        handles: dict[int, RemovableHandle] = {}
+        points = {layer: self.model.hook_dict[mlp_post(layer)] for layer in self.layers}
+        level = next(_LEVELS)
+
+        def remove_hooks() -> None:
+            for point in points.values():
+                point.remove_hooks("fwd", level=level)
 
         def order_hooks() -> None:
+            remove_hooks()
             for layer, point in points.items():
-                if layer in handles:
-                    handles[layer].remove()
-                handles[layer] = point.register_forward_hook(
-                    partial(self._hook, layer), prepend=self.see == "before_user_hooks"
+                point.add_hook(
+                    partial(self._hook, layer),
+                    dir="fwd",
+                    level=level,
+                    prepend=self.see == "before_user_hooks",
                 )
 
         def start_forward(_module: Any, args: tuple) -> None:
@@ -215,37 +240,26 @@ class NeuronRecorder:
             raise
         finally:
             pre.remove()
-            for handle in handles.values():
-                handle.remove()
+            remove_hooks()
 
-    def _hook(
-        self,
-        layer: int,
-        _module: Any,
-        _args: tuple,
-        acts: Float[torch.Tensor, "batch pos d_mlp"] | Float[torch.Tensor, "batch_pos d_mlp"],
-    ) -> None:
+    def _hook(self, layer: int, acts: Float[torch.Tensor, "batch pos d_mlp"], hook: Any) -> None:
         forward = self._forward
         if forward is None:
             raise NeuronKindsError(
-                f"{HOOK_NAME.format(layer=layer)} ran in a forward that did not start from "
+                f"{mlp_post(layer)} ran in a forward that did not start from "
                 "tokens (e.g. start_at_layer): the recorder cannot know its tokens"
             )
         if layer in forward.reached:
             raise NeuronKindsError(f"layer {layer} was reached twice in one forward")
-        if acts.dim() == 2 and acts.shape[0] == forward.ctx.text.numel():
-            # Hugging Face's OPT layer runs its FFN on [batch * pos, d_model]; TransformerLens's
-            # bridge reshapes the value for hooks added through it, not for a module hook.
-            acts = acts.view(*forward.ctx.text.shape, acts.shape[-1])
         if acts.shape[-1] != self.model.cfg.d_mlp:
             raise NeuronKindsError(
-                f"{HOOK_NAME.format(layer=layer)}: {acts.shape[-1]} neurons, but the model's "
+                f"{mlp_post(layer)}: {acts.shape[-1]} neurons, but the model's "
                 f"cfg.d_mlp is {self.model.cfg.d_mlp} (a bridge built outside load_opt may "
                 "assume 4 * d_model: set cfg.d_mlp to the FFN's width)"
             )
         if acts.shape[:2] != forward.ctx.text.shape:
             raise NeuronKindsError(
-                f"{HOOK_NAME.format(layer=layer)}: activations of shape {tuple(acts.shape)} do "
+                f"{mlp_post(layer)}: activations of shape {tuple(acts.shape)} do "
                 f"not match the forward's tokens {tuple(forward.ctx.text.shape)}"
             )
         self._builder.add_layer(forward.ctx, layer, acts.detach())
@@ -267,7 +281,9 @@ class NeuronRecorder:
             PLAN_SAMPLE_POSITIONS
         ):
             sample = self._builder.profile()
-            self.fix_plan(choose_plan(sample, self._builder.ngram_cap or 0, sample.ngram_max))
+            cap = self.settings.ngram_cap
+            assert cap is not None  # only a capped recorder plans
+            self.fix_plan(choose_plan(sample, cap, sample.ngram_max))
 
     def fix_plan(self, plan: Plan) -> None:
         """Keep n >= 2 counts only for the neurons ``plan`` names from now on."""
@@ -311,32 +327,6 @@ class _Forward:
     def __init__(self, ctx: BatchContext) -> None:
         self.ctx = ctx
         self.reached: set[int] = set()
-
-
-def check_tokens(tokens: Any, model: Any, bos_token_id: int) -> None:
-    """NeuronKindsError unless ``tokens`` is ``[n_seq, T]`` ids in the vocabulary with BOS first."""
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-        raise NeuronKindsError("tokens must be a 2-D LongTensor [n_seq, seq_len]")
-    if tokens.dtype not in (torch.int64, torch.int32) or tokens.numel() == 0:
-        raise NeuronKindsError(
-            f"tokens must be a non-empty integer tensor, got {tokens.dtype} {tuple(tokens.shape)}"
-        )
-    cfg = model.cfg
-    if tokens.shape[1] > cfg.n_ctx:
-        raise NeuronKindsError(
-            f"seq_len {tokens.shape[1]} exceeds the model's context of {cfg.n_ctx}"
-        )
-    low, high = int(tokens.min()), int(tokens.max())
-    if low < 0 or high >= cfg.d_vocab:
-        raise NeuronKindsError(
-            f"token ids must lie in [0, {cfg.d_vocab}); found {low if low < 0 else high}"
-        )
-    bad = (tokens[:, 0] != bos_token_id).nonzero()
-    if bad.numel():
-        raise NeuronKindsError(
-            f"every sequence must start with BOS (id {bos_token_id}); row {int(bad[0])} starts "
-            f"with {int(tokens[bad[0], 0])}"
-        )
 
 
 def check_layers(layers: Any, n_layers: int) -> list[int]:
