@@ -14,7 +14,7 @@ from recording_reference import BOS, D_VOCAB, random_tokens, tiny_model
 from tl_models import tl_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.universal import correlations
+from tl_neuronkinds.universal import passes
 from tl_neuronkinds.universal.correlations import COLUMNS
 from tl_neuronkinds.universal.rotations import Rotations, orthogonal
 
@@ -75,6 +75,7 @@ def models():
     return a, b
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("memory", "batch_size"), [(None, None), (32 * 72 * 5, 1), (32 * 72 * 24, 4)]
 )
@@ -104,12 +105,13 @@ def test_correlations_and_baseline_equal_corrcoef_however_tiled(models, memory, 
 
 
 def run_chunks(positions: int, tile: int) -> list[slice]:
-    """``_Run.chunks`` of a run whose B has 72 neurons (tiny_model's 3 layers of 24)."""
-    side = correlations._Side(tiny_model(0), [0, 1, 2])
-    run = correlations._Run(side, side, torch.zeros(1, 1), BOS, 1, torch.device("cpu"), None)
+    """``CorrelationPasses.chunks`` where B has 72 neurons (tiny_model's 3 layers of 24)."""
+    side = passes.NeuronColumns(tiny_model(0), [0, 1, 2])
+    run = passes.CorrelationPasses(side, side, torch.zeros(1, 1), BOS, 1, torch.device("cpu"), None)
     return run.chunks(positions, tile)
 
 
+@pytest.mark.slow
 def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch) -> None:
     """Passes after the first read the activations the first kept (each model's forwards run
     once, not once per tile; where only some batches fit, the others run in every pass) and
@@ -118,13 +120,13 @@ def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch
     a, b = models
     tokens = random_tokens(8, n_seq=6, seq_len=24, vocab=D_VOCAB)
     forwards = Counter()
-    activations = correlations._Side.activations
+    activations = passes.NeuronColumns.activations
 
     def counted(side, rows, text, upto=None):
         forwards[id(side.model)] += 1
         return activations(side, rows, text, upto)
 
-    monkeypatch.setattr(correlations._Side, "activations", counted)
+    monkeypatch.setattr(passes.NeuronColumns, "activations", counted)
     options = {"k": 3, "seed": 5, "bos_token_id": BOS, "batch_size": 2, "memory": 24 * 72 * 9}
     kept = nk.neuron_correlations(a, b, tokens, **options)  # 8 tiles of 9 neurons
     assert forwards == {id(a): 3, id(b): 3}  # 3 batches, one pass's forwards
@@ -137,13 +139,13 @@ def test_kept_activations_and_position_chunks_change_nothing(models, monkeypatch
     partly = nk.neuron_correlations(a, b, tokens, cache=first_batch, **options)
     assert forwards == {id(a): 3 + 2 * 7, id(b): 3 + 2 * 7}  # batches 2 and 3 in every pass
     pd.testing.assert_frame_equal(partly, kept)
-    monkeypatch.setattr(correlations, "CHUNK_BYTES", 8 * (9 + 2 * 72) * 5)  # <= 5 positions
+    monkeypatch.setattr(passes, "CHUNK_BYTES", 8 * (9 + 2 * 72) * 5)  # <= 5 positions
     sizes = [c.stop - c.start for c in run_chunks(46, 9)]
     assert len(sizes) == 10 and sum(sizes) == 46 and set(sizes) == {4, 5}  # no small remainder
     chunked = nk.neuron_correlations(a, b, tokens, **options)
     numeric = ["max_corr", "baseline_max_corr", "excess"]
     pd.testing.assert_frame_equal(chunked[numeric], kept[numeric], rtol=0, atol=1e-12)
-    with pytest.raises(nk.NeuronKindsError, match="cache must be a non-negative"):
+    with pytest.raises(nk.NeuronKindsError, match="cache must be an integer >= 0"):
         nk.neuron_correlations(a, b, tokens, cache=-1, bos_token_id=BOS)
 
 
@@ -213,10 +215,10 @@ def test_a_run_whose_rotations_outgrow_memory_reads_them_from_a_file(models, mon
             super().__init__(count, d, seed, device, room=1 << 40)
 
     options = {"memory": 32 * 72 * 5, "bos_token_id": BOS, "seed": 3}
-    monkeypatch.setattr(correlations, "Rotations", Spy)
+    monkeypatch.setattr(passes, "Rotations", Spy)
     filed = nk.neuron_correlations(a, b, tokens, **options)
     assert [r.on_disk for r in made] == [True]
-    monkeypatch.setattr(correlations, "Rotations", Held)
+    monkeypatch.setattr(passes, "Rotations", Held)
     pd.testing.assert_frame_equal(filed, nk.neuron_correlations(a, b, tokens, **options))
 
 
@@ -235,6 +237,7 @@ def test_more_models_average_the_excess(models) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_streamed_models_give_the_same_table(tmp_path) -> None:
     path_a = make_tiny_opt(tmp_path / "a", n_layers=3, vocab=61, seed=0)
     path_b = make_tiny_opt(tmp_path / "b", n_layers=3, vocab=61, seed=1)
@@ -264,9 +267,9 @@ def other_vocab() -> Any:
     [
         (lambda a, b, t: (a, other_vocab(), t, {}), "different vocabularies"),
         (lambda a, b, t: (a, b, t[:, 1:], {}), "must start with BOS"),
-        (lambda a, b, t: (a, b, t, {"k": 0}), "k must be a positive integer"),
+        (lambda a, b, t: (a, b, t, {"k": 0}), "k must be an integer >= 1"),
         (lambda a, b, t: (a, b, t, {"layers_b": [3]}), "layers must be a non-empty subset"),
-        (lambda a, b, t: (a, b, t, {"batch_size": 0}), "batch_size must be a positive"),
+        (lambda a, b, t: (a, b, t, {"batch_size": 0}), "batch_size must be an integer >= 1"),
         (lambda a, b, t: (a, b, t, {"memory": 100}), "holds no tile"),
         (lambda a, b, t: (a, b, t[:, :1], {}), "no text position"),
     ],

@@ -13,27 +13,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from strategies import case_sizes, reproducible
 from tl_models import tl_model
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import (
     UndecidableWarning,
     classify,
+    coverage_by_layer,
+    dead_by_layer,
     dead_neurons,
-    fig1a,
-    fig1b,
-    fig2,
-    fig3b,
-    fig4,
-    fig8,
+    frequency_by_layer,
     layer_summary,
+    new_triggers_by_layer,
     ngram_coverage,
     position_frequencies,
     position_teams,
+    positional_by_layer,
     positional_neurons,
     token_detectors,
+    triggers_by_layer,
 )
 from tl_neuronkinds.recording import record
 from tl_neuronkinds.recording.accumulate import profile_from_activations
@@ -275,8 +276,11 @@ def check_against_reference(profile, ref, *, ngram_max, **cuts) -> None:
 
 
 def _check_tables(profile, ref, ngram_max, cuts, pos_cuts) -> None:
-    table1a, table1b, table8 = fig1a(profile), fig1b(profile), fig8(profile, **pos_cuts)
-    tables2 = {n: fig2(profile, n, coverage=cuts["coverage"]) for n in range(1, ngram_max + 1)}
+    table1a, table1b = dead_by_layer(profile), frequency_by_layer(profile)
+    table8 = positional_by_layer(profile, **pos_cuts)
+    tables2 = {
+        n: coverage_by_layer(profile, n, coverage=cuts["coverage"]) for n in range(1, ngram_max + 1)
+    }
     teams = position_teams(profile, **pos_cuts)
     for layer in profile.layers:
         rows = [r for (ly, _), r in ref.items() if ly == layer]
@@ -305,7 +309,8 @@ def _check_tables(profile, ref, ngram_max, cuts, pos_cuts) -> None:
         assert team["n_uncovered"] == len(kept - covered)
     seen: set = set()
     previous: set = set()
-    table3b, table4 = fig3b(profile, 1, **cuts_of(cuts)), fig4(profile, 1, **cuts_of(cuts))
+    table3b = triggers_by_layer(profile, 1, **cuts_of(cuts))
+    table4 = new_triggers_by_layer(profile, 1, **cuts_of(cuts))
     for layer in profile.layers:
         mine = {g for (ly, _), r in ref.items() if ly == layer for g in r["trig_1"]}
         assert table4.loc[layer, "new_overall"] == len(mine - seen)
@@ -323,15 +328,10 @@ def cuts_of(cuts: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- the tests
-@settings(
-    max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+@pytest.mark.slow
+@reproducible(100)
 @given(
-    seed=st.integers(0, 2**32 - 1),
-    n_seq=st.integers(1, 6),
-    seq_len=st.integers(2, 20),
-    d_vocab=st.integers(3, 7),
-    d_mlp=st.integers(1, 6),
+    **case_sizes(),
     n_layers=st.integers(1, 2),
     threshold=st.sampled_from([0.0, 0.25, -0.5]),
     ngram_max=st.integers(1, 3),
@@ -546,7 +546,7 @@ def check_capped(profile, ref, *, cap, ngram_max, merged=False, **cuts) -> None:
 
 def _check_capped_fig2(profile, ref, n, cap, coverage) -> None:
     """fig2 on a capped profile: buckets up to the cap, '>cap', 'undefined', 'unknown'."""
-    table = fig2(profile, n, coverage=coverage)
+    table = coverage_by_layer(profile, n, coverage=coverage)
     statuses = ngram_coverage(profile, n, coverage=coverage)
     cut = [(lo, min(hi, cap)) for lo, hi in BUCKETS if lo <= cap]
     assert list(table.columns)[len(cut) :] == [f">{cap}", "undefined", "unknown"]
@@ -567,15 +567,10 @@ def _check_capped_fig2(profile, ref, n, cap, coverage) -> None:
         assert got == [*expect, sum(1 for k in known if k is None), unknown]
 
 
-@settings(
-    max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+@pytest.mark.slow
+@reproducible(150)
 @given(
-    seed=st.integers(0, 2**32 - 1),
-    n_seq=st.integers(1, 6),
-    seq_len=st.integers(2, 24),
-    d_vocab=st.integers(3, 9),
-    d_mlp=st.integers(1, 6),
+    **case_sizes(seq_len=(2, 24), d_vocab=(3, 9)),
     ngram_max=st.integers(2, 3),
     cap=st.sampled_from([5, 6, 10]),
     k_max=st.sampled_from([1, 5, 6, 12]),
@@ -598,15 +593,10 @@ def test_capped_kinds_match_brute_force(
     check_capped(capped, ref, cap=cap, ngram_max=ngram_max, **cuts)
 
 
-@settings(
-    max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
-)
+@pytest.mark.slow
+@reproducible(100)
 @given(
-    seed=st.integers(0, 2**32 - 1),
-    n_seq=st.integers(2, 8),
-    seq_len=st.integers(2, 24),
-    d_vocab=st.integers(3, 9),
-    d_mlp=st.integers(1, 6),
+    **case_sizes(n_seq=(2, 8), seq_len=(2, 24), d_vocab=(3, 9)),
     cap=st.sampled_from([5, 6]),
     coverage=st.sampled_from([90, 95]),
 )
@@ -727,7 +717,7 @@ def test_merge_that_kept_different_neurons_reports_unknown():
     assert table["k95_2_status"].tolist() == ["unknown", "exact"]
     assert table["ngram_detector_2"].isna().tolist() == [True, False]
     assert table["kind"].tolist() == ["token_detector", "token_detector"]
-    assert fig2(merged, 2).loc[0, "unknown"] == 1
+    assert coverage_by_layer(merged, 2).loc[0, "unknown"] == 1
     ref = reference(
         tokens, acts, threshold=0.0, ngram_max=2, k_max=5, coverage=95, mi=0.05, min_run=8,
         delta=0.05, smooth=0.9,

@@ -1,6 +1,7 @@
 """Cut-offs, one Analysis for every table, evidence (min_count, warnings) and the cap's buckets."""
 
 import dataclasses
+import importlib
 import warnings
 
 import numpy as np
@@ -14,8 +15,9 @@ from tl_neuronkinds.kinds import (
     Cutoffs,
     EvidenceWarning,
     classify,
-    fig2,
-    fig3a,
+    classify_with_cautions,
+    coverage_by_layer,
+    detectors_by_layer,
     figure_tables,
     layer_summary,
     ngram_coverage,
@@ -23,10 +25,13 @@ from tl_neuronkinds.kinds import (
     token_detectors,
 )
 from tl_neuronkinds.kinds import analysis as analysis_module
+from tl_neuronkinds.kinds.classify import classification
 from tl_neuronkinds.kinds.ngrams import fig2_buckets
 from tl_neuronkinds.recording.accumulate import profile_from_activations
 
 BOS = 2
+#: The module (``tl_neuronkinds.kinds.classify`` is the function).
+classify_module = importlib.import_module("tl_neuronkinds.kinds.classify")
 quiet = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
 
 
@@ -38,7 +43,8 @@ def _profile(ngram_cap=None, seed=0):
     tokens[:, 0] = BOS
     tokens[[1, 4, 6], [3, 9, 20]] = 5
     tokens = torch.tensor(tokens)
-    acts = torch.stack([tokens == 5, tokens == 3, torch.rand(tokens.shape) < 0.3], -1).float()
+    noise = torch.from_numpy(rng.random(tokens.shape) < 0.3)  # seeded: every call the same
+    acts = torch.stack([tokens == 5, tokens == 3, noise], -1).float()
     names = ["<s>", "<pad>", "</s>", " a", " b", " c"]
     return profile_from_activations(
         tokens, {0: acts, 1: acts}, d_vocab=6, ngram_cap=ngram_cap, token_strings=names
@@ -77,7 +83,9 @@ def test_every_function_takes_cutoffs_or_keywords():
     pd.testing.assert_frame_equal(
         token_detectors(profile, 2, wide), token_detectors(profile, 2, k_max=8, coverage=90)
     )
-    pd.testing.assert_frame_equal(fig2(profile, 1, wide), fig2(profile, 1, coverage=90))
+    pd.testing.assert_frame_equal(
+        coverage_by_layer(profile, 1, wide), coverage_by_layer(profile, 1, coverage=90)
+    )
     pd.testing.assert_frame_equal(
         positional_neurons(profile, wide), positional_neurons(profile, mi_threshold=0.01)
     )
@@ -119,7 +127,7 @@ def test_one_analysis_computes_each_layer_once(monkeypatch):
     }  # fmt: skip
     pd.testing.assert_frame_equal(table, classify(profile, k_max=4))
     pd.testing.assert_frame_equal(tables["layers"], layer_summary(profile, k_max=4))
-    pd.testing.assert_frame_equal(tables["fig3a_n2"], fig3a(profile, 2, k_max=4))
+    pd.testing.assert_frame_equal(tables["fig3a_n2"], detectors_by_layer(profile, 2, k_max=4))
     with pytest.raises(NeuronKindsError, match="Analysis was made with"):
         classify(analysis, k_max=5)
     with pytest.raises(NeuronKindsError, match="another profile"):
@@ -154,6 +162,36 @@ def test_evidence_warning_below_a_million_text_tokens():
         classify(big)
 
 
+def test_cautions_come_back_as_notes_and_other_warnings_as_raised():
+    """``classify_with_cautions``: the kinds' cautions as messages (a page or the command line
+    shows them), every other warning re-emitted from where it was raised."""
+    rng = np.random.default_rng(0)
+    tokens = torch.tensor(rng.integers(3, 40, size=(8, 30)))
+    tokens[:, 0] = BOS
+    # Active on 3 tokens (unigram bound <= 3) after many others (k95_2 > cap 5: censored).
+    acts = {0: (tokens < 6).float()[..., None]}
+    profile = profile_from_activations(tokens, acts, d_vocab=40, ngram_cap=5)
+    analysis = Analysis(profile, k_max=6)  # above the cap: the censored neuron is undecidable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table, cautions = classify_with_cautions(analysis)
+    pd.testing.assert_frame_equal(table, classification(analysis))
+    assert table["ngram_detector_2"].isna().tolist() == [True]
+    assert [c.split(":")[0] for c in cautions] == [
+        f"the profile holds {profile.n_text_positions:,} text tokens, fewer than 1,000,000",
+        "1 neurons' n-gram detector test cannot be decided from this profile (ngram_cap=5)",
+    ]
+
+    def other(*args, **kwargs):
+        warnings.warn("something else", RuntimeWarning, stacklevel=1)
+        return table
+
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(RuntimeWarning, match="else"):
+        patch.setattr(classify_module, "classify", other)
+        again, cautions = classify_with_cautions(analysis)
+    assert again is table and cautions == []
+
+
 @pytest.mark.parametrize(
     ("cap", "labels"),
     [
@@ -171,14 +209,14 @@ def test_fig2_buckets_end_at_the_cap(cap, labels):
 @quiet
 def test_fig2_of_a_capped_profile():
     capped, full = _profile(ngram_cap=5), _profile()
-    table = fig2(capped, 2)
+    table = coverage_by_layer(capped, 2)
     assert list(table.columns) == ["1-5", ">5", "undefined", "unknown"]
-    exhaustive = fig2(full, 2)
+    exhaustive = coverage_by_layer(full, 2)
     assert list(exhaustive.columns)[-2:] == [">50k", "undefined"]
     assert (table["1-5"] == exhaustive["1-5"]).all()
     assert (table[">5"] == exhaustive.iloc[:, 1:-1].sum(axis=1)).all()
     assert table["unknown"].sum() == 0
-    assert list(fig2(capped, 1).columns) == list(fig2(full, 1).columns)
+    assert list(coverage_by_layer(capped, 1).columns) == list(coverage_by_layer(full, 1).columns)
     coverage = ngram_coverage(capped, 2)
     assert set(coverage["status"]) <= {"exact", "censored", "undefined"}
     assert (coverage["status"] == "censored").sum() == table[">5"].sum()

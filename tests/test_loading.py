@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from opt_fixtures import LAYOUTS as BLOCK_LAYOUTS
 from opt_fixtures import (
     NO_OPT_TOKENIZER,
     OPT_TOKENIZER_DIR,
+    STORAGE_LAYOUTS,
     has_opt_tokenizer,
     hf_reference,
     make_tiny_opt,
@@ -27,15 +29,8 @@ VOCAB = 97
 TOKENS = random_tokens(3, 11, VOCAB, seed=1)
 NO_TOKENIZER = "ignore:.*has no tokenizer files"
 
-LAYOUTS = {
-    "safetensors": {},
-    "sharded": {"shards": 3},
-    "bin": {"fmt": "bin"},
-    "bin-sharded": {"fmt": "bin", "shards": 2},
-    "legacy-keys": {"legacy_keys": True},
-    "350m-style": {"post_ln": True, "proj_dim": 16},
-    "pre-ln-projected": {"proj_dim": 16},
-}
+#: Every way of storing the weights (pre-LN blocks), then the other block layouts.
+LAYOUTS = STORAGE_LAYOUTS | {name: kwargs for name, kwargs in BLOCK_LAYOUTS.items() if kwargs}
 
 
 @pytest.fixture(scope="session")
@@ -243,7 +238,7 @@ def test_bad_checkpoints_raise_naming_the_problem(checkpoints, tmp_path):
 
     no_field = _copy(good, tmp_path / "nofield")
     _edit_config(no_field, ffn_dim="64")
-    cases.append((no_field, "ffn_dim must be a positive integer"))
+    cases.append((no_field, "ffn_dim must be an integer >= 1"))
 
     no_weights = _copy(good, tmp_path / "noweights")
     (no_weights / "model.safetensors").unlink()

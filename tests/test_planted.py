@@ -7,16 +7,16 @@ from planted import BOS, EXPECTED, VOCAB, planted_model, planted_tokens
 from tl_neuronkinds.kinds import (
     Analysis,
     classify,
-    fig1a,
-    fig2,
-    fig3a,
-    fig3b,
-    fig4,
-    fig8,
+    coverage_by_layer,
+    dead_by_layer,
+    detectors_by_layer,
     figure_tables,
     layer_summary,
+    new_triggers_by_layer,
     position_teams,
+    positional_by_layer,
     positional_neurons,
+    triggers_by_layer,
 )
 from tl_neuronkinds.recording import record
 from tl_neuronkinds.recording.profile import NeuronProfile
@@ -32,6 +32,7 @@ def profile() -> NeuronProfile:
     return recorded
 
 
+@pytest.mark.slow
 def test_capped_recording_classifies_as_the_exhaustive_one(profile):
     assert profile.ngram_cap == 50
     exhaustive = record(
@@ -47,16 +48,16 @@ def test_capped_recording_classifies_as_the_exhaustive_one(profile):
         assert capped[f"k95_{n}"][exact].tolist() == full[f"k95_{n}"][exact].tolist()
         assert (full[f"k95_{n}"][(status == "censored").to_numpy()] > 50).all()
         assert set(status) <= {"exact", "censored", "undefined"}
-        table = fig2(profile, n)
+        table = coverage_by_layer(profile, n)
         assert list(table.columns) == [
             "1-5", "6-10", "11-20", "21-50", ">50", "undefined", "unknown",
         ]  # fmt: skip
-        assert table.sum(axis=1).tolist() == fig2(exhaustive, n).sum(axis=1).tolist()
+        assert table.sum(axis=1).tolist() == coverage_by_layer(exhaustive, n).sum(axis=1).tolist()
     # One Analysis gives the same tables as separate calls.
     analysis = Analysis(profile)
     pd.testing.assert_frame_equal(classify(analysis), capped)
     tables = figure_tables(analysis)
-    pd.testing.assert_frame_equal(tables["fig2_n2"], fig2(profile, 2))
+    pd.testing.assert_frame_equal(tables["fig2_n2"], coverage_by_layer(profile, 2))
     pd.testing.assert_frame_equal(tables["layers"], layer_summary(profile))
 
 
@@ -106,14 +107,14 @@ def test_position_range_teams(profile):
 
 
 def test_per_layer_tables(profile):
-    assert fig1a(profile)["n_dead"].tolist() == [2, 7]
-    assert fig3a(profile)["n_detectors"].tolist() == [2, 3]
-    assert fig3a(profile, 2)["n_detectors"].tolist() == [1, 1]
-    assert fig3a(profile, 3)["n_detectors"].tolist() == [1, 0]
+    assert dead_by_layer(profile)["n_dead"].tolist() == [2, 7]
+    assert detectors_by_layer(profile)["n_detectors"].tolist() == [2, 3]
+    assert detectors_by_layer(profile, 2)["n_detectors"].tolist() == [1, 1]
+    assert detectors_by_layer(profile, 3)["n_detectors"].tolist() == [1, 0]
     # Triggers: layer 0 {cat, Cat, the}; layer 1 {cat, mat, dog, ran}.
-    assert fig3b(profile).values.tolist() == [[3, 3], [4, 6]]
-    assert fig4(profile).values.tolist() == [[3, 3], [3, 3]]
-    table8 = fig8(profile)
+    assert triggers_by_layer(profile).values.tolist() == [[3, 3], [4, 6]]
+    assert new_triggers_by_layer(profile).values.tolist() == [[3, 3], [3, 3]]
+    table8 = positional_by_layer(profile)
     assert table8.loc[
         0, ["oscillatory_strong", "both_extremes_strong", "one_extreme_strong"]
     ].tolist() == [2, 1, 1]
@@ -130,6 +131,18 @@ def test_per_layer_tables(profile):
             "kind_other",
         ],
     ].tolist() == [2, 2, 2, 6, 4]
+
+
+def test_the_figure_numbered_names_still_work(profile):
+    """Users' code written against the earlier names (the paper's figure numbers) gets the same
+    tables from ``tl_neuronkinds.kinds``."""
+    from tl_neuronkinds import kinds
+
+    old = [kinds.fig1a, kinds.fig1b, kinds.fig2, kinds.fig3a, kinds.fig3b, kinds.fig4, kinds.fig8]
+    new = [dead_by_layer, kinds.frequency_by_layer, coverage_by_layer, detectors_by_layer,
+           triggers_by_layer, new_triggers_by_layer, positional_by_layer]  # fmt: skip
+    for before, now in zip(old, new, strict=True):
+        pd.testing.assert_frame_equal(before(profile), now(profile))
 
 
 def test_saved_profile_reclassifies_with_other_cutoffs(profile, tmp_path):

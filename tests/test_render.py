@@ -21,7 +21,7 @@ from planted import BOS, EXPECTED, VOCAB, planted_model, planted_tokens
 from tl_models import tl_model
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.present import render
+from tl_neuronkinds.present import render, svg_plots
 from tl_neuronkinds.present.views import NO_TOKENS, NeuronView
 
 pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
@@ -198,7 +198,7 @@ def test_page_carries_the_bundle_once_and_requests_nothing() -> None:
 
 
 def test_line_plot_maps_values_and_breaks_at_nan() -> None:
-    svg = render.line_plot([1, 2, 3, 4, 5], [0.0, 1.0, float("nan"), 0.5, 0.25],
+    svg = svg_plots.line_plot([1, 2, 3, 4, 5], [0.0, 1.0, float("nan"), 0.5, 0.25],
                            x_label="p", y_label="f", width=140, height=138)  # fmt: skip
     lines = re.findall(r'points="([^"]*)"', svg)
     assert len(lines) == 2  # the NaN splits the curve
@@ -208,7 +208,7 @@ def test_line_plot_maps_values_and_breaks_at_nan() -> None:
 
 
 def test_bar_plot_heights_are_proportional() -> None:
-    svg = render.bar_plot(["a", "b", "c"], [4, 2, 0], x_label="v", width=320, height=138)
+    svg = svg_plots.bar_plot(["a", "b", "c"], [4, 2, 0], x_label="v", width=320, height=138)
     heights = [float(h) for h in re.findall(r'<rect [^>]*height="([^"]*)"', svg)]
     assert heights == [100, 50, 0]
     assert "<title>a: 4</title>" in svg
@@ -410,7 +410,7 @@ def test_unknown_status_and_a_profile_without_top_activations(model, tokens) -> 
     ]  # fmt: skip
     merged = nk.NeuronProfile.merge(parts)
     small = tiny_model()  # d_vocab 40, d_mlp 24: refused, the profile has 2 neurons
-    with pytest.raises(nk.NeuronKindsError, match="d_mlp is 2"):
+    with pytest.raises(nk.NeuronKindsError, match=r"the profile \(d_mlp 2, .* does not fit"):
         nk.show_neuron(small, merged, 0, 0)
     cfg = dict(n_layers=1, d_model=8, d_mlp=2, d_head=4, n_heads=2, n_ctx=16,
                                   d_vocab=40, act_fn="relu", normalization_type="LN", seed=0)  # fmt: skip

@@ -2,12 +2,14 @@
 type the code wants, or raises a ``NeuronKindsError`` that names the argument and what it
 expected."""
 
+from typing import TypeGuard
+
 import numpy as np
 
 from tl_neuronkinds.errors import NeuronKindsError
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int | np.integer]:
     """Whether ``value`` is an integer (Python's or NumPy's) and not a bool."""
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 

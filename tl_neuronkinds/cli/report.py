@@ -83,7 +83,7 @@ def _universal_section(
     model's other seeds) over the run's first ``COMPARE_TOKENS`` tokens, its activation moments
     from the run's profile."""
     from tl_neuronkinds.loading import load_opt
-    from tl_neuronkinds.universal.findings import find_universal
+    from tl_neuronkinds.universal.families import find_universal
 
     if tokens is None:
         raise NeuronKindsError(f"--compare needs the run's tokens ({TOKENS_FILE})")

@@ -87,7 +87,7 @@ def universal_command(args: argparse.Namespace) -> None:
     from tl_neuronkinds.loading import load_opt
     from tl_neuronkinds.present.universal_page import universal_page
     from tl_neuronkinds.recording.recorder import check_layers
-    from tl_neuronkinds.universal.findings import find_universal
+    from tl_neuronkinds.universal.families import find_universal
 
     out = args.out
     models = [load_opt(name, device=args.device, offload=args.offload) for name in names]

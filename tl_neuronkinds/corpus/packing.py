@@ -8,8 +8,8 @@ turns any collection of documents into such rows:
 - **Separator**: the tokenizer's EOS id (``tokenizer.eos_token_id``; the BOS id when there is
   no EOS; for OPT both are ``</s>``, id 2) is placed before every document that starts inside a
   row after other text. A document that starts right after a row's BOS has no separator: the
-  BOS already marks the boundary, and OPT never sees ``</s></s>``. ../shared/SPEC.md
-  ("Positional neurons") leaves separators that share BOS's id out of text positions.
+  BOS already marks the boundary, and OPT never sees ``</s></s>``. docs/kinds.md
+  ("Terms") leaves separators that share BOS's id out of text positions.
 - **Continuation**: a document longer than the rest of its row continues in the next row,
   after that row's BOS.
 
@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Int
 from tqdm import tqdm
 
+from tl_neuronkinds.checks import is_int
 from tl_neuronkinds.errors import NeuronKindsError
 
 #: At most this many documents, or this many characters, per call of the (fast,
@@ -37,10 +38,6 @@ _BATCH_DOCS = 512
 _BATCH_CHARS = 2_000_000
 #: A ``model_max_length`` at or above this is the "no limit" sentinel of transformers.
 _SANE_MAX_LENGTH = 1_000_000
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def pack(
@@ -73,7 +70,7 @@ def pack(
             ``model_max_length``, no ``bos_token_id``, bad ``n_tokens``, or fewer tokens
             than one row (or than ``n_tokens``).
     """
-    if not _is_int(seq_len) or seq_len < 2:
+    if not is_int(seq_len) or seq_len < 2:
         raise NeuronKindsError(f"seq_len must be an integer >= 2 (BOS plus text), not {seq_len!r}")
     if max_len is not None and seq_len > max_len:
         raise NeuronKindsError(f"seq_len {seq_len} exceeds the model's context of {max_len} tokens")
@@ -82,7 +79,7 @@ def pack(
         raise NeuronKindsError(
             f"seq_len {seq_len} exceeds the tokenizer's model_max_length of {model_max}"
         )
-    if n_tokens is not None and (not _is_int(n_tokens) or n_tokens < 1):
+    if n_tokens is not None and (not is_int(n_tokens) or n_tokens < 1):
         raise NeuronKindsError(f"n_tokens must be a positive integer or None, not {n_tokens!r}")
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None:

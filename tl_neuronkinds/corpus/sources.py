@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
+from tl_neuronkinds.checks import is_int
 from tl_neuronkinds.corpus.embedded import embedded_split
 from tl_neuronkinds.corpus.packing import pack
 from tl_neuronkinds.errors import NeuronKindsError
@@ -20,10 +21,6 @@ from tl_neuronkinds.errors import NeuronKindsError
 __all__ = ["Corpus"]
 
 _SPLITS = ("train", "heldout", "all")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Corpus:
@@ -186,7 +183,7 @@ class Corpus:
             raise NeuronKindsError(
                 "Corpus.from_hf needs the `datasets` package: pip install datasets"
             ) from None
-        if max_documents is not None and (not _is_int(max_documents) or max_documents < 1):
+        if max_documents is not None and (not is_int(max_documents) or max_documents < 1):
             raise NeuronKindsError(
                 f"max_documents must be a positive integer, not {max_documents!r}"
             )
@@ -233,7 +230,7 @@ class Corpus:
             raise NeuronKindsError(
                 f"embedded corpus: split must be one of {_SPLITS}, not {split!r}"
             )
-        if not _is_int(seed):
+        if not is_int(seed):
             raise NeuronKindsError(f"embedded corpus: seed must be an integer, not {seed!r}")
         docs = [d.text for d in embedded_split(seed, split)]
         python = platform.python_version()
@@ -251,11 +248,11 @@ class Corpus:
             NeuronKindsError: ``world_size < 1``, ``rank`` outside ``[0, world_size)``, or more
                 ranks than documents (a shard would be empty).
         """
-        if not _is_int(world_size) or world_size < 1:
+        if not is_int(world_size) or world_size < 1:
             raise NeuronKindsError(
                 f"shard: world_size must be a positive integer, not {world_size!r}"
             )
-        if not _is_int(rank) or not 0 <= rank < world_size:
+        if not is_int(rank) or not 0 <= rank < world_size:
             raise NeuronKindsError(f"shard: rank must be in [0, {world_size}), not {rank!r}")
         if world_size > len(self._docs):
             raise NeuronKindsError(

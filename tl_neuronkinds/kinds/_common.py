@@ -1,10 +1,8 @@
-"""Checks and warnings shared by the kinds."""
+"""Warnings shared by the kinds."""
 
 import inspect
 import warnings
 from pathlib import Path
-
-from tl_neuronkinds.errors import NeuronKindsError
 
 # Frames in these directories are not the caller a warning should point at: the package and the
 # runtime type-checkers that wrap its functions under the test suite.
@@ -23,8 +21,8 @@ class EvidenceWarning(UserWarning):
 
 
 class UndecidableWarning(UserWarning):
-    """Some n-gram detector tests cannot be decided from a capped profile (SPEC.md, "The
-    n-gram cap"): their columns hold NA and their ``kind`` is ``"unknown"``."""
+    """Some n-gram detector tests cannot be decided from a capped profile (docs/kinds.md,
+    "The n-gram cap"): their columns hold NA and their ``kind`` is ``"unknown"``."""
 
 
 def warn(message: str, category: type[Warning]) -> None:
@@ -37,24 +35,3 @@ def warn(message: str, category: type[Warning]) -> None:
             break
         level, frame = level + 1, frame.f_back
     warnings.warn(message, category, stacklevel=level)
-
-
-def check_percent(name: str, value: object) -> int:
-    """An integer percentage in 1..100 (every "at least 95%" is decided in integers, SPEC.md)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 100:
-        raise NeuronKindsError(f"{name} must be an integer percentage in 1..100, got {value!r}")
-    return value
-
-
-def check_count(name: str, value: object) -> int:
-    """A non-negative integer (min_count, a number of bytes that may be 0)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise NeuronKindsError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """A positive integer cut-off (k_max, min_run)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise NeuronKindsError(f"{name} must be a positive integer, got {value!r}")
-    return value

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Bool
 
+from tl_neuronkinds.checks import is_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.ngrams import LayerCoverage, layer_coverage
@@ -65,11 +66,11 @@ class Analysis:
     def check_order(self, n: int) -> int:
         """``n`` if the profile recorded that n-gram order, else a NeuronKindsError."""
         top = self.profile.ngram_max
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= top:
+        if not is_int(n) or not 1 <= n <= top:
             raise NeuronKindsError(
                 f"n must be an n-gram order this profile recorded (1..{top}), got {n!r}"
             )
-        return n
+        return int(n)
 
     def coverage(self, layer: int, n: int) -> LayerCoverage:
         """Order-``n`` coverage and detector test of every neuron of ``layer`` (cached)."""

@@ -1,5 +1,7 @@
 """One table of every neuron's kind: dead, token detector, n-gram detector, positional, other."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from jaxtyping import Int
@@ -13,7 +15,7 @@ from tl_neuronkinds.kinds._common import (
 )
 from tl_neuronkinds.kinds.analysis import Analysis, analysis_of
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
-from tl_neuronkinds.kinds.ngrams import k95_column, ngram_tokens, status_column
+from tl_neuronkinds.kinds.ngrams import k95_column, status_column, trigger_labels
 from tl_neuronkinds.kinds.positional import type_labels
 from tl_neuronkinds.recording.profile import NeuronProfile
 
@@ -54,7 +56,7 @@ def classify(
     analysis: Analysis | None = None,
     **overrides: object,
 ) -> pd.DataFrame:
-    """Every recorded neuron's kind, from the profile alone (SPEC.md; API.md's columns).
+    """Every recorded neuron's kind, from the profile alone (docs/kinds.md, docs/tables.md).
 
     ``kind`` is the first that holds of: ``dead`` (never active, §3), ``token_detector`` (§4.2),
     ``ngram_detector`` (a bigram or trigram detector, §4.5), ``unknown`` (an n-gram detector test
@@ -79,7 +81,7 @@ def classify(
           detector tests rest (a token detector on 3 activations rests on little).
         - ``k95_n`` (nullable Int64): the exact value, or NA where its status ``k95_n_status``
           (n = 2, 3) is ``undefined`` (no activation where the n-gram is defined), ``censored``
-          (``k95_n > ngram_cap``, proven without the counts; SPEC.md "The n-gram cap") or
+          (``k95_n > ngram_cap``, proven without the counts; docs/kinds.md, "The n-gram cap") or
           ``unknown``. Orders above ``profile.ngram_max`` were not recorded: NA, status NA.
         - ``token_detector``, ``ngram_detector_n``: bool. On a capped profile a neuron without
           order-n counts is decided by a certificate where one exists (censored with
@@ -107,6 +109,25 @@ def classify(
     return table
 
 
+def classify_with_cautions(analysis: Analysis) -> tuple[pd.DataFrame, list[str]]:
+    """``classify(analysis)`` and the messages of its cautions (``EvidenceWarning``,
+    ``UndecidableWarning``), for a page or a command line that shows them as notes rather than
+    as warnings with a source line; any other warning is re-emitted as it was raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvidenceWarning)
+        warnings.simplefilter("always", UndecidableWarning)
+        table = classify(analysis)
+    cautions = []
+    for warning in caught:
+        if issubclass(warning.category, EvidenceWarning | UndecidableWarning):
+            cautions.append(str(warning.message))
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return table, cautions
+
+
 def classification(analysis: Analysis) -> pd.DataFrame:
     """``classify``'s table, without its warnings (kept on ``analysis``; a copy is returned)."""
     table = analysis.memo("classification", lambda: _build(analysis))
@@ -126,12 +147,9 @@ def _build(analysis: Analysis) -> pd.DataFrame:
 
 
 def _trigger_strings(analysis: Analysis, gids: Int[np.ndarray, " g"], n: int) -> list[str]:
-    strings = analysis.profile.token_strings
-    if n == 1:
-        return [strings[int(g)] for g in gids]
-    return [
-        "".join(strings[t] for t in tup) for tup in ngram_tokens(gids, n, analysis.profile.d_vocab)
-    ]
+    """A detector's triggers as strings: tokens for n = 1, n-grams' tokens joined for n >= 2."""
+    strings, _ = trigger_labels(analysis.profile, gids, n)
+    return [s if isinstance(s, str) else "".join(s) for s in strings]
 
 
 def _layer_table(analysis: Analysis, layer: int) -> pd.DataFrame:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.kinds._common import check_count, check_percent, check_positive_int
 
 #: Denominators of ``delta`` read as an exact fraction (0.05 = 1/20) stay at most this.
 _MAX_DENOMINATOR = 10**6
@@ -33,19 +33,19 @@ def _check_delta(value: object) -> float:
 def _check(name: str, value: object) -> Any:
     """``value`` as the field ``name`` holds it, or a NeuronKindsError saying what is wrong."""
     if name in ("k_max", "min_run"):
-        return check_positive_int(name, value)
-    if name == "coverage":
-        return check_percent(name, value)
+        return check_int(name, value, low=1)
+    if name == "coverage":  # a percentage: every "at least p%" is decided in integers
+        return check_int(name, value, low=1, high=100)
     if name == "delta":
         return _check_delta(value)
     if name == "min_count":
-        return check_count(name, value)
+        return check_int(name, value, low=0)
     return _check_number(name, value)
 
 
 @dataclass(frozen=True)
 class Cutoffs:
-    """The cut-offs of the kinds (SPEC.md; Voita et al. 2024). Validated when made.
+    """The cut-offs of the kinds (docs/kinds.md; Voita et al. 2024). Validated when made.
 
     Attributes:
         k_max: A detector has ``k95_n <= k_max``: §4.2 keeps neurons "triggered by only 1-5
@@ -53,11 +53,11 @@ class Cutoffs:
         coverage: The integer percentage of k95 and of detector conditions (2)-(3): 95 in
             §4.1 and §4.2; every "at least p%" is decided in integers.
         mi_threshold: Positional where ``I(act; pos) > mi_threshold`` nats: 0.05 in §5.1.
-        min_run: Shortest run of positions counted by the positional types (SPEC.md,
-            "Positional neurons": m = 8; §5.2).
-        delta: Tolerance of a weak positional pattern's extremes (SPEC.md: 0.05; §5.2).
-        smooth_r2: Cut on ``smooth_r2`` for a strong "other" positional neuron (SPEC.md leaves
-            the measure to the code: ``positional.py``; §5.2's "thin vs thick graph").
+        min_run: Shortest run of positions counted by the positional types
+            (docs/kinds.md, "Positional neurons": m = 8; §5.2).
+        delta: Tolerance of a weak positional pattern's extremes (0.05; §5.2).
+        smooth_r2: Cut on ``smooth_r2`` for a strong "other" positional neuron (the paper leaves
+            the measure open; this one is ``positional.py``'s; §5.2's "thin vs thick graph").
         min_count: A detector of order n needs ``A_n >= min_count`` text activations. 0, the
             paper's rule (§4.2), asks for none beyond the one that makes k95 defined; a larger
             value keeps rare neurons, whose few activations meet the 95% conditions by chance,
@@ -67,9 +67,9 @@ class Cutoffs:
     k_max: int = 5  # §4.2
     coverage: int = 95  # §4.1, §4.2 (integer percent)
     mi_threshold: float = 0.05  # §5.1
-    min_run: int = 8  # SPEC.md "Positional neurons" (§5.2)
-    delta: float = 0.05  # SPEC.md "Positional neurons" (§5.2)
-    smooth_r2: float = 0.9  # SPEC.md "Positional neurons"; positional.py
+    min_run: int = 8  # docs/kinds.md "Positional neurons" (§5.2)
+    delta: float = 0.05  # docs/kinds.md "Positional neurons" (§5.2)
+    smooth_r2: float = 0.9  # docs/kinds.md "Positional neurons"; positional.py
     min_count: int = 0  # the paper's rule (§4.2): no minimum
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """Activation moments and sparsity per neuron, from the power sums a profile keeps.
 
-Gurnee et al. 2024 ("Universal Neurons in GPT2 Language Models"; UN in SPEC.md) describe each
+Gurnee et al. 2024 ("Universal Neurons in GPT2 Language Models"; docs/kinds.md) describe each
 neuron by summary statistics of its activation distribution (mean, skew, kurtosis, sparsity)
 beside statistics of its weights, and find that universal neurons stand apart in them: sparse,
 with heavy right tails. The recorder keeps, per neuron, the float64 sums ``S_k = sum h**k``
@@ -11,6 +11,7 @@ same single pass, and merge exactly, like every count of the profile.
 import numpy as np
 import pandas as pd
 
+from tl_neuronkinds.checks import is_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds.analysis import Analysis
 from tl_neuronkinds.recording.profile import NeuronProfile
@@ -25,7 +26,7 @@ def activation_moments(
 ) -> pd.DataFrame:
     """Per neuron: the mean, variance, skew and kurtosis of its activations, and its sparsity.
 
-    Over the profile's text positions (SPEC.md, "Terms": BOS positions are left out), from the
+    Over the profile's text positions (docs/kinds.md, "Terms": BOS positions are left out), from the
     power sums ``S1..S4`` in float64, with ``n`` positions and ``mean = S1 / n``::
 
         m2 = S2/n - mean**2
@@ -87,9 +88,7 @@ def activation_moments(
 
 def _check_layers(layers: object, recorded: list[int]) -> list[int]:
     """The distinct ``layers``, ascending, or a NeuronKindsError unless all were recorded."""
-    if not isinstance(layers, list | tuple | range) or not all(
-        isinstance(x, int) and not isinstance(x, bool) for x in layers
-    ):
+    if not isinstance(layers, list | tuple | range) or not all(is_int(x) for x in layers):
         raise NeuronKindsError(f"layers must be a list of layer indices, got {layers!r}")
     missing = sorted(set(layers) - set(recorded))
     if missing:

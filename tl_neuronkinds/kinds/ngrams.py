@@ -1,17 +1,18 @@
 """N-gram coverage (k95, §4.1, Figure 2, Appendix A) and the detector test (§4.2, §4.5), per layer.
 
 For a neuron (l, i) and an order n, ``c_g`` is its active count at the text positions whose
-n-gram is g, ``A = sum_g c_g`` and ``o_g`` the occurrences of g at text positions (SPEC.md).
+n-gram is g, ``A = sum_g c_g`` and ``o_g`` the occurrences of g at text positions (docs/kinds.md).
 ``k95_n`` is the smallest k such that the k largest ``c_g`` sum to at least 95% of A. A neuron is
 an n-gram detector (a token detector for n = 1) where (1) ``k95_n <= 5``, (2) its covered
 n-grams ``C = {g : c_g > 0 and c_g >= 95% of o_g}`` are its triggers and (3) they account for at
 least 95% of A. Every "at least p%" is decided in integers, ``100 * part >= p * whole``.
 
-**Capped profiles** (SPEC.md, "The n-gram cap"; ``recording/plan.py``). For n >= 2 a profile may
-hold the counts of some neurons only (``profile.complete``). ``A_n`` is known for every neuron
+**Capped profiles** (docs/kinds.md, "The n-gram cap"; ``recording/plan.py``). For n >= 2 a
+profile may hold the counts of some neurons only (``profile.complete``). ``A_n`` is known for every neuron
 (from the per-position counts), and so is its *unigram bound* ``L_n <= k95_n`` (the fewest of its
-largest unigram counts that reach 95% of ``A_n``, computed exactly here from the sorted unigram
-counts). Each neuron's order-n status is one of ``STATUSES``: ``exact`` (complete counts),
+largest unigram counts that reach 95% of ``A_n``: ``plan.reach``, the recording's own rule,
+applied here to the top sums read off the sorted unigram counts; exact up to
+``max(k_max, cap)``, all it is compared with). Each neuron's order-n status is one of ``STATUSES``: ``exact`` (complete counts),
 ``undefined`` (``A_n = 0``), ``censored`` (``k95_n > cap`` proven, at the cut-offs' coverage, by
 ``plan.censored``: its tail or ``L_n > cap``) or ``unknown``. The detector test of a neuron
 without counts is decided where a certificate rules it out: ``A_n < min_count``, ``L_n > k_max``,
@@ -20,8 +21,8 @@ or censored with ``k_max <= cap``; otherwise it is *undecidable* (``decided`` is
 How it is computed, per layer, from the profile's sorted (n-gram, neuron) keys: ``o_g`` comes
 from a searchsorted of the layer's distinct n-gram ids into the profile's occurrence table; one
 sort of (neuron, -c_g, covered) packed into int64s orders each neuron's n-grams by decreasing
-c_g; the cumulative sum of the sorted counts increases strictly, so each neuron's k95 (and each
-``L_n``) is one searchsorted for ceil(95% of A) within its segment.
+c_g; the cumulative sum of the sorted counts increases strictly, so each neuron's k95 is one
+searchsorted for ceil(95% of A) within its segment.
 
 Triggers are listed by decreasing ``c_g``, ties by increasing n-gram id. For n = 1 a trigger is
 the token's string and its id an int; for n >= 2 a trigger is the tuple of its n token strings
@@ -32,14 +33,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 from jaxtyping import Bool, Int, Shaped
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
-from tl_neuronkinds.recording.plan import censored, ngram_active
+from tl_neuronkinds.recording.keys import split_ngram_ids
+from tl_neuronkinds.recording.plan import censored, ngram_active, reach
 from tl_neuronkinds.recording.profile import NeuronProfile
 
-#: Each neuron's order-n status (SPEC.md, "The n-gram cap"); ``LayerCoverage.status`` indexes it.
+#: Each neuron's order-n status (docs/kinds.md, "The n-gram cap"), which
+#: ``LayerCoverage.status`` indexes.
 STATUSES = ["exact", "undefined", "censored", "unknown"]
 EXACT, UNDEFINED, CENSORED, UNKNOWN = range(4)
 
@@ -93,7 +97,8 @@ class LayerCoverage:
     detector: Bool[np.ndarray, " d_mlp"]  # proven detectors
     decided: Bool[np.ndarray, " d_mlp"]  # False where the detector test cannot be decided
     triggers: dict[int, np.ndarray]  # detector -> its trigger ids (decreasing c_g, ties by id)
-    # n = 1 only: order m >= 2 -> L_m, each neuron's unigram bound of k95_m (0 where A_m = 0).
+    # n = 1 only: order m >= 2 -> L_m, each neuron's unigram bound of k95_m (0 where A_m = 0),
+    # exact up to max(k_max, cap) and that plus one above (all it is compared with).
     bounds: dict[int, np.ndarray] = field(default_factory=dict)
 
 
@@ -144,6 +149,20 @@ def _reach(
     out = np.searchsorted(running, running[start] + need, side="left") - start
     out[whole == 0] = 0
     return out
+
+
+def _top_sums(
+    running: Int[np.ndarray, " k_plus_1"],
+    start: Int[np.ndarray, " d_mlp"],
+    end: Int[np.ndarray, " d_mlp"],
+    k: int,
+) -> Int[np.ndarray, "k d_mlp"]:
+    """``[k, d_mlp]``: row j holds each neuron's sum of its ``j + 1`` largest counts (all of them
+    where it has fewer), read off the segments' cumulative sums: the form ``plan.reach`` takes,
+    so the unigram bound ``L_n`` is the recording's, computed without a second sort."""
+    k = max(1, min(k, int((end - start).max(initial=1))))
+    tops = np.minimum(start[None, :] + np.arange(1, k + 1)[:, None], end[None, :])
+    return running[tops] - running[start][None, :]
 
 
 def _trigger_ids(
@@ -205,8 +224,9 @@ def layer_coverage(
     complete = profile.complete(layer, n).numpy()
     bounds = {}
     if n == 1:
+        sums = _top_sums(running, seg_start, seg_end, max(cutoffs.k_max, profile.ngram_cap or 0))
         bounds = {
-            m: _reach(running, seg_start, ngram_active(profile, layer, m), coverage)
+            m: reach(sums, ngram_active(profile, layer, m), coverage)
             for m in range(2, profile.ngram_max + 1)
         }
         bound = np.zeros(d_mlp, dtype=np.int64)
@@ -244,8 +264,9 @@ def layer_coverage(
 
 
 def ngram_tokens(gids: Int[np.ndarray, " g"], n: int, d_vocab: int) -> list[tuple[int, ...]]:
-    """Token ids of each n-gram id, first token first."""
-    return [tuple(int(g) // d_vocab ** (n - 1 - j) % d_vocab for j in range(n)) for g in gids]
+    """Token ids of each n-gram id, first token first (``keys.split_ngram_ids``), as tuples."""
+    ids = split_ngram_ids(torch.from_numpy(np.asarray(gids, dtype=np.int64)), n, d_vocab)
+    return [tuple(row) for row in ids.tolist()]
 
 
 def trigger_labels(

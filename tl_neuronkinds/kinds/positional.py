@@ -4,7 +4,7 @@ For positions p = 1 .. T-1, ``f_p`` is a neuron's active count at p over the seq
 token at p is a text token, divided by the number of such sequences (document separators that
 share BOS's id are left out). A position where no sequence holds a text token has no ``f_p``:
 it is left out of the mean ``f``, of the mutual information (whose ``1/(T-1)`` then becomes one
-over the number of positions kept) and it breaks runs. With ``0·ln 0 = 0`` (SPEC.md)::
+over the number of positions kept) and it breaks runs. With ``0·ln 0 = 0``::
 
     I(act; pos) = mean_p [ f_p ln(f_p / f) + (1 - f_p) ln((1 - f_p) / (1 - f)) ]   (nats)
 

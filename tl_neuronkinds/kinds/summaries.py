@@ -1,4 +1,6 @@
-"""Per-layer tables behind the paper's figures (Figures 1a, 1b, 2, 3a, 3b, 4, 8, 9; Appendix A).
+"""Per-layer tables behind the paper's figures (Figures 1a, 1b, 2, 3a, 3b, 4, 8, 9; Appendix A),
+each named for what it counts per layer (``dead_by_layer`` is Figure 1a; each docstring names
+its figure, and ``figure_tables`` keys them by figure number).
 
 Every table is a DataFrame indexed by the profile's recorded layers. Comparisons "over lower
 layers" and "with the previous layer" (Figures 3b, 4) are over the recorded layers: the previous
@@ -21,7 +23,7 @@ from tl_neuronkinds.kinds.positional import TYPES
 from tl_neuronkinds.recording.profile import NeuronProfile
 
 #: ``layer_summary``'s ``n_detectors_under_{FEW_ACTIVATIONS}``: detectors whose ``evidence``
-#: (text activations, ``classify``) is below this rest on too little to trust (Trust §2).
+#: (text activations, ``classify``) is below this rest on too little to trust.
 FEW_ACTIVATIONS = 10
 
 
@@ -30,7 +32,7 @@ def _frame(profile: NeuronProfile, rows: dict[int, dict]) -> pd.DataFrame:
     return out.reindex(pd.Index(profile.layers, name="layer"))
 
 
-def fig1a(profile: NeuronProfile | Analysis) -> pd.DataFrame:
+def dead_by_layer(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     """Figure 1a: ``n_neurons``, ``n_dead`` and ``pct_dead`` (percentage of dead neurons) per layer."""
     table = dead_neurons(profile)
     prof = profile.profile if isinstance(profile, Analysis) else profile
@@ -40,7 +42,7 @@ def fig1a(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     return out.reindex(pd.Index(prof.layers, name="layer"))
 
 
-def fig1b(profile: NeuronProfile | Analysis) -> pd.DataFrame:
+def frequency_by_layer(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     """Figure 1b: ``mean_freq``, the mean activation frequency of the non-dead neurons (NaN if none)."""
     table = dead_neurons(profile)
     prof = profile.profile if isinstance(profile, Analysis) else profile
@@ -48,7 +50,7 @@ def fig1b(profile: NeuronProfile | Analysis) -> pd.DataFrame:
     return pd.DataFrame({"mean_freq": alive}).reindex(pd.Index(prof.layers, name="layer"))
 
 
-def fig2(
+def coverage_by_layer(
     profile: NeuronProfile | Analysis,
     n: int = 1,
     cutoffs: Cutoffs | None = None,
@@ -63,7 +65,7 @@ def fig2(
     On a capped profile (``ngram_cap`` set), for n >= 2: the buckets up to the cap (a bucket
     straddling it is cut there: cap 30 gives "21-30"), then ``>{cap}`` (e.g. ``>50``: the
     censored neurons and those whose exact k95 passes the cap), ``undefined``, and ``unknown``
-    (neurons whose counts the profile lacks without a proof; SPEC.md, "The n-gram cap").
+    (neurons whose counts the profile lacks without a proof; docs/kinds.md, "The n-gram cap").
     ``coverage`` is the cut-off used (``cutoffs`` / ``**overrides``).
     """
     analysis = analysis_of(profile, cutoffs, overrides)
@@ -86,7 +88,7 @@ def fig2(
     return _frame(prof, rows)[[*labels, *extra]].astype(np.int64)
 
 
-def fig3a(
+def detectors_by_layer(
     profile: NeuronProfile | Analysis,
     n: int = 1,
     cutoffs: Cutoffs | None = None,
@@ -106,7 +108,7 @@ def fig3a(
     return _frame(analysis.profile, rows)
 
 
-def fig3b(
+def triggers_by_layer(
     profile: NeuronProfile | Analysis,
     n: int = 1,
     cutoffs: Cutoffs | None = None,
@@ -125,7 +127,7 @@ def fig3b(
     return _frame(analysis.profile, rows)
 
 
-def fig4(
+def new_triggers_by_layer(
     profile: NeuronProfile | Analysis,
     n: int = 1,
     cutoffs: Cutoffs | None = None,
@@ -146,7 +148,7 @@ def fig4(
     return _frame(analysis.profile, rows)
 
 
-def fig8(
+def positional_by_layer(
     profile: NeuronProfile | Analysis, cutoffs: Cutoffs | None = None, **overrides: object
 ) -> pd.DataFrame:
     """Figure 8: positional neurons per layer by type and strength.
@@ -258,9 +260,11 @@ def figure_tables(
     analysis: Analysis | None = None,
     **overrides: object,
 ) -> dict[str, pd.DataFrame]:
-    """Every per-layer table, from one ``Analysis``: ``fig1a``, ``fig1b``, ``fig2_n{n}``,
-    ``fig3a_n{n}``, ``fig3b_n{n}``, ``fig4_n{n}`` for n in 1..ngram_max, ``fig8`` and
-    ``layers`` (``layer_summary``).
+    """Every per-layer table, from one ``Analysis``, under the paper's figure numbers:
+    ``fig1a`` (``dead_by_layer``), ``fig1b`` (``frequency_by_layer``), and for n in
+    1..ngram_max ``fig2_n{n}`` (``coverage_by_layer``), ``fig3a_n{n}`` (``detectors_by_layer``),
+    ``fig3b_n{n}`` (``triggers_by_layer``), ``fig4_n{n}`` (``new_triggers_by_layer``); ``fig8``
+    (``positional_by_layer``) and ``layers`` (``layer_summary``).
 
     Pass the Analysis that ``classify`` was given to compute the classification and every
     table with each layer's coverage and positional statistics computed once::
@@ -272,12 +276,12 @@ def figure_tables(
     analysis=analysis)`` are the same.)
     """
     analysis = analysis_of(profile, cutoffs, overrides, analysis)
-    tables = {"fig1a": fig1a(analysis), "fig1b": fig1b(analysis)}
+    tables = {"fig1a": dead_by_layer(analysis), "fig1b": frequency_by_layer(analysis)}
     for n in range(1, analysis.profile.ngram_max + 1):
-        tables[f"fig2_n{n}"] = fig2(analysis, n)
-        tables[f"fig3a_n{n}"] = fig3a(analysis, n)
-        tables[f"fig3b_n{n}"] = fig3b(analysis, n)
-        tables[f"fig4_n{n}"] = fig4(analysis, n)
-    tables["fig8"] = fig8(analysis)
+        tables[f"fig2_n{n}"] = coverage_by_layer(analysis, n)
+        tables[f"fig3a_n{n}"] = detectors_by_layer(analysis, n)
+        tables[f"fig3b_n{n}"] = triggers_by_layer(analysis, n)
+        tables[f"fig4_n{n}"] = new_triggers_by_layer(analysis, n)
+    tables["fig8"] = positional_by_layer(analysis)
     tables["layers"] = layer_summary(analysis)
     return tables

@@ -7,8 +7,8 @@ per-block part (``convert_block``) and the rest (``convert_globals``) so that a 
 can convert block ``l`` straight from the checkpoint's tensors. ``tests/test_loading.py`` proves
 the two give exactly ``convert_opt_weights``'s output.
 
-Nothing is folded or centred: the weights keep the checkpoint's values (SPEC "Terms"), so the
-residual stream is the model's own and ``log_softmax(logits)`` equals the checkpoint's.
+Nothing is folded or centred: the weights keep the checkpoint's values (docs/kinds.md,
+"Terms"), so the residual stream is the model's own and ``log_softmax(logits)`` equals the checkpoint's.
 
 Keys of checkpoint tensors are ``Checkpoint`` keys (``decoder.…``, ``lm_head.weight``); keys of
 one block's tensors are relative to ``decoder.layers.{l}.`` (``fc1.weight``, …).
@@ -21,6 +21,7 @@ import torch
 from transformer_lens.utilities.activation_functions import SUPPORTED_ACTIVATIONS
 from transformers import OPTConfig, OPTForCausalLM
 
+from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
 
 _REQUIRED = (
@@ -42,9 +43,7 @@ def opt_config(config: dict, where: str) -> OPTConfig:
             ``hidden_size`` is not a multiple of ``num_attention_heads`` (``where`` names the file).
     """
     for field in _REQUIRED:
-        value = config.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise NeuronKindsError(f"{where}: {field} must be a positive integer, got {value!r}")
+        check_int(f"{where}: {field}", config.get(field), low=1)
     if config["hidden_size"] % config["num_attention_heads"]:
         raise NeuronKindsError(
             f"{where}: hidden_size {config['hidden_size']} is not a multiple of "

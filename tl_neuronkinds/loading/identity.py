@@ -18,6 +18,8 @@ import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
 
+#: The keys of a profile's meta that say which model it counts.
+IDENTITY_KEYS = ("config_hash", "model_fingerprint")
 _FINGERPRINTS: "weakref.WeakKeyDictionary[Any, str]" = weakref.WeakKeyDictionary()
 _CONFIG_FIELDS = (
     "model_name",
@@ -77,21 +79,36 @@ def model_identity(model: Any) -> dict[str, str]:
     }
 
 
-def token_strings(tokenizer: Any, d_vocab: int) -> list[str]:
-    """Each token id's text as the tokenizer decodes it; ``<id>`` for ids it does not have."""
-    if tokenizer is None:
-        return [f"<{i}>" for i in range(d_vocab)]
-    n = min(len(tokenizer), d_vocab)
-    decoded = tokenizer.batch_decode([[i] for i in range(n)])
-    return list(decoded) + [f"<{i}>" for i in range(n, d_vocab)]
+def check_same_model(model: Any, profile: Any, *, strict: bool = False) -> None:
+    """NeuronKindsError unless ``profile`` counts ``model``'s neurons: the same ``d_mlp`` and
+    ``d_vocab``, recorded layers the model has, and the identity in ``profile.meta``
+    (``IDENTITY_KEYS``: config hash and weights fingerprint) equal to the model's.
 
-
-def check_same_model(model: Any, profile: Any) -> None:
-    """NeuronKindsError unless ``profile`` was recorded on ``model`` (same config hash and, where
-    the profile has one, the same weights fingerprint)."""
+    Args:
+        model: A HookedTransformer or TransformerBridge.
+        profile: A NeuronProfile (its ``d_mlp``, ``d_vocab``, ``layers`` and ``meta``).
+        strict: Refuse a profile whose meta lacks an identity key, for results that pair the
+            profile's counts with the model's weights (trigger suppression, the report);
+            otherwise a missing key is not compared (a view or the contexts of one neuron).
+    """
+    cfg = model.cfg
+    d_mlp = int(cfg.d_mlp)
+    if (profile.d_mlp, profile.d_vocab) != (d_mlp, cfg.d_vocab) or max(
+        profile.layers, default=-1
+    ) >= cfg.n_layers:
+        raise NeuronKindsError(
+            f"the profile (d_mlp {profile.d_mlp}, d_vocab {profile.d_vocab}, layers "
+            f"{profile.layers}) does not fit the model (d_mlp {d_mlp}, d_vocab {cfg.d_vocab}, "
+            f"{cfg.n_layers} layers): it was recorded on another model"
+        )
     mine = model_identity(model)
-    for key in ("config_hash", "model_fingerprint"):
+    for key in IDENTITY_KEYS:
         theirs = profile.meta.get(key)
+        if theirs is None and strict:
+            raise NeuronKindsError(
+                f"the profile's meta has no {key}, so it cannot be matched to a model: use a "
+                "profile recorded on this model by this version (nk.record or nk.NeuronRecorder)"
+            )
         if theirs is not None and theirs != mine[key]:
             raise NeuronKindsError(
                 f"the profile was recorded on another model: its {key} is {theirs} "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM, PreTrainedTokenizerBase
 
+from tl_neuronkinds.data import shared_tokenizer_dir
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.checkpoint import Checkpoint, read_config, resolve_checkpoint_dir
 from tl_neuronkinds.loading.convert import (
@@ -69,8 +70,8 @@ def load_opt(
 ) -> Any:
     """Load an OPT checkpoint for TransformerLens, its weights as the checkpoint has them.
 
-    No LayerNorm folding and no centring (SPEC "Terms"): hidden states are the model's own and
-    ``log_softmax(logits)`` equals ``transformers.OPTForCausalLM``'s on the same checkpoint.
+    No LayerNorm folding and no centring (docs/kinds.md, "Terms"): hidden states are the model's
+    own and ``log_softmax(logits)`` equals ``transformers.OPTForCausalLM``'s on the same checkpoint.
 
     Args:
         name_or_dir: A ``save_pretrained`` directory (``model.safetensors``, sharded safetensors
@@ -106,7 +107,8 @@ def load_opt(
         warnings.warn(
             f"{directory}: activation_function is {cfg.activation_function!r}, not OPT's 'relu': "
             "a neuron counts as active where its activation is > the recording threshold (0 by "
-            "default), which for this activation is not 'the ReLU let it through' (SPEC.md)",
+            "default), which for this activation is not 'the ReLU let it through' "
+            "(docs/kinds.md, Terms)",
             stacklevel=2,
         )
     checkpoint = Checkpoint(directory)
@@ -158,6 +160,8 @@ def _load_tokenizer(
 ) -> PreTrainedTokenizerBase | None:
     if isinstance(tokenizer, PreTrainedTokenizerBase):
         return tokenizer
+    if tokenizer is None:  # the embedded models share one tokenizer folder beside them
+        tokenizer = shared_tokenizer_dir(directory)
     source = Path(tokenizer) if tokenizer is not None else directory
     if tokenizer is None and not any((directory / f).is_file() for f in _TOKENIZER_FILES):
         warnings.warn(
@@ -359,7 +363,7 @@ def _remember_fingerprint(
     model: Any, checkpoint: Checkpoint, n_layers: int, dtype: torch.dtype
 ) -> None:
     """Fingerprint the weights now, from the checkpoint's ``fc1.bias`` (= each block's ``b_in``),
-    since a streamed model's blocks are not resident later (``recording/identity.py``)."""
+    since a streamed model's blocks are not resident later (``loading/identity.py``)."""
     keys = [_BLOCK_PREFIX.format(layer=layer) + "fc1.bias" for layer in range(n_layers)]
     biases = checkpoint.read(keys)
     remember_fingerprint(model, weights_fingerprint(model.W_E, [biases[k].to(dtype) for k in keys]))

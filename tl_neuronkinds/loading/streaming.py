@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tl_neuronkinds.checks import is_int
 from tl_neuronkinds.errors import NeuronKindsError
 
 OFFLOAD_MODES = ("cpu", "disk")
@@ -126,9 +127,10 @@ class BlockStreamer:
     def _layer(self, layer: object) -> int | None:
         """A ``stop_at_layer`` value as a block index (negative counts from the end); None for
         None or anything that is not an integer (then every block may run)."""
-        if isinstance(layer, bool) or not isinstance(layer, int):
+        if not is_int(layer):
             return None
-        return layer + len(self.blocks) if layer < 0 else layer
+        index = int(layer)
+        return index + len(self.blocks) if index < 0 else index
 
     @contextmanager
     def stop_at(self, layer: int | None) -> Iterator[None]:

@@ -1,7 +1,7 @@
 """Offline HTML for circuitsvis widgets: one JavaScript bundle per page, nothing fetched.
 
 circuitsvis's own ``RenderedHTML`` probes google.com in ``_repr_html_`` and points ``str()`` at
-a CDN (STYLE.md, "Leave behind"); this module never calls either. It inlines the bundle that
+a CDN, and a page must work offline: this module never calls either. It inlines the bundle that
 the circuitsvis package ships (``circuitsvis/dist/cdn/iife.js``, which defines the global
 ``CircuitsVis``) and calls ``CircuitsVis.render(id, CircuitsVis.<Component>, props)`` itself,
 as circuitsvis's ``render_local`` does:
@@ -21,7 +21,9 @@ as circuitsvis's ``render_local`` does:
   counter to it, so two identical widgets on one page (or in one notebook) stay distinct.
 - ``page(title, fragments)``: a complete HTML document with the bundle once, however many
   widgets, and a Content-Security-Policy that forbids any request (scripts, styles, images,
-  fonts, connections) to anywhere: nothing leaves the file even if something tried.
+  fonts, connections) to anywhere: nothing leaves the file even if something tried;
+  ``section_page(title, section, out)`` writes one such page of figures and tables (no
+  widgets), atomically.
 
 Notebooks: an object's ``_repr_html_`` (``NeuronView``) returns ``notebook_html(fragment)``,
 the fragment with its own copy of the bundle (1.3 MB). An output cannot rely on an earlier
@@ -38,15 +40,16 @@ import html
 import importlib.metadata
 import importlib.util
 import json
-import math
+import os
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tl_neuronkinds.atomic import atomic_write_text
 from tl_neuronkinds.errors import NeuronKindsError
 
 #: The policy every page carries: inline scripts and styles, data: images; no request at all.
@@ -248,116 +251,8 @@ def html_table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}">{th}{body}</table>'
 
 
-# ---------------------------------------------------------------------------- plots
-def _fmt(value: float | int) -> str:
-    return f"{value:.1f}".rstrip("0").rstrip(".")
-
-
-def line_plot(
-    x: Sequence[float | int],
-    y: Sequence[float | int],
-    *,
-    x_label: str,
-    y_label: str,
-    y_max: float = 1.0,
-    reference: float | None = None,
-    width: int = 520,
-    height: int = 160,
-) -> str:
-    """A line plot as inline SVG; NaN values of ``y`` break the line. ``reference`` draws a
-    dashed horizontal line (e.g. a mean)."""
-    left, right, top, bottom = 40, 10, 8, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-    xs, ys = [float(v) for v in x], [float(v) for v in y]
-    x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
-    span = (x1 - x0) or 1.0
-
-    def px(v: float) -> float:
-        return left + (v - x0) / span * plot_w
-
-    def py(v: float) -> float:
-        return top + plot_h - min(max(v / y_max, 0.0), 1.0) * plot_h
-
-    lines: list[list[str]] = []
-    run: list[str] = []
-    for xv, yv in zip(xs, ys, strict=True):
-        if math.isnan(yv):
-            lines.append(run)
-            run = []
-        else:
-            run.append(f"{_fmt(px(xv))},{_fmt(py(yv))}")
-    lines.append(run)
-    parts = [
-        f'<svg width="{width}" height="{height}" '
-        f'role="img" aria-label="{html.escape(y_label)} by {html.escape(x_label)}">',
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
-        'stroke="#bbb"/>',
-    ]
-    for frac in (0.0, 0.5, 1.0):
-        yy = _fmt(py(frac * y_max))
-        parts.append(
-            f'<text x="{left - 4}" y="{yy}" font-size="10" text-anchor="end" '
-            f'dominant-baseline="middle">{_fmt(frac * y_max)}</text>'
-        )
-    for xv in sorted({x0, x0 + span / 2, x1}):
-        parts.append(
-            f'<text x="{_fmt(px(xv))}" y="{top + plot_h + 12}" font-size="10" '
-            f'text-anchor="middle">{round(xv)}</text>'
-        )
-    if reference is not None and not math.isnan(reference):
-        yy = _fmt(py(reference))
-        parts.append(
-            f'<line x1="{left}" x2="{left + plot_w}" y1="{yy}" y2="{yy}" stroke="#e07000" '
-            'stroke-dasharray="4 3"/>'
-        )
-    for run in lines:
-        if run:
-            parts.append(
-                f'<polyline fill="none" stroke="#1f4e9c" stroke-width="1.5" '
-                f'points="{" ".join(run)}"/>'
-            )
-    parts.append(
-        f'<text x="{left + plot_w / 2}" y="{height - 4}" font-size="11" '
-        f'text-anchor="middle">{html.escape(x_label)}</text></svg>'
-    )
-    return "".join(parts)
-
-
-def bar_plot(
-    labels: Sequence[str],
-    values: Sequence[float | int],
-    *,
-    x_label: str,
-    width: int = 520,
-    height: int = 140,
-) -> str:
-    """Equal-width bars as inline SVG (e.g. a histogram over log-spaced bins), each with a
-    tooltip ``label: value``; the first and last labels are written under the axis."""
-    left, right, top, bottom = 10, 10, 8, 30
-    plot_w, plot_h = width - left - right, height - top - bottom
-    top_value = max(values, default=0) or 1
-    bar_w = plot_w / max(len(values), 1)
-    parts = [
-        f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(x_label)}">',
-        f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" '
-        'stroke="#999"/>',
-    ]
-    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
-        h = value / top_value * plot_h
-        parts.append(
-            f'<rect x="{_fmt(left + i * bar_w)}" y="{_fmt(top + plot_h - h)}" '
-            f'width="{_fmt(max(bar_w - 1, 0.5))}" height="{_fmt(h)}" fill="#1f4e9c">'
-            f"<title>{html.escape(label)}: {value:,}</title></rect>"
-        )
-    for i, anchor in ((0, "start"), (len(labels) - 1, "end")):
-        if labels:
-            x = left if anchor == "start" else left + plot_w
-            parts.append(
-                f'<text x="{_fmt(x)}" y="{top + plot_h + 12}" font-size="10" '
-                f'text-anchor="{anchor}">{html.escape(labels[i])}</text>'
-            )
-    parts.append(
-        f'<text x="{left + plot_w / 2}" y="{height - 4}" font-size="11" '
-        f'text-anchor="middle">{html.escape(x_label)}</text></svg>'
-    )
-    return "".join(parts)
+def section_page(title: str, section: str, out: str | os.PathLike) -> Path:
+    """A report section (figures and tables, no widgets) as a self-contained HTML page at
+    ``out``, written atomically (``tl-neuronkinds massive`` and ``universal``)."""
+    body = ['<div class="nk-view nk-report">', f"<h1>{html.escape(title)}</h1>", section, "</div>"]
+    return atomic_write_text(out, page(title, body, widgets=False))

@@ -23,7 +23,7 @@ allows no request) holds, for one profile and the model it was recorded from:
   ``PER_LAYER`` most frequent neurons of kind ``other``.
 
 Where things are: the page and the neuron sections here, the figure sections (captions, tables)
-in ``report_figures.py``, the plots in ``figures.py`` (matplotlib, the ``report`` extra).
+in ``report_sections.py``, the plots in ``plots.py`` (matplotlib, the ``report`` extra).
 """
 
 import html
@@ -38,12 +38,14 @@ from jaxtyping import Int
 from tl_neuronkinds.atomic import atomic_write_text
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds import Analysis
+from tl_neuronkinds.loading.identity import check_same_model
+from tl_neuronkinds.loading.tokens import check_tokens
 from tl_neuronkinds.massive.activations import MassiveActivations
-from tl_neuronkinds.present import plots as figures
-from tl_neuronkinds.present.report_sections import RunTables, figure_sections
-from tl_neuronkinds.recording.examples import windows_cover
-from tl_neuronkinds.recording.profile import IDENTITY_KEYS, NeuronProfile
-from tl_neuronkinds.universal.findings import UniversalNeurons
+from tl_neuronkinds.present import plots
+from tl_neuronkinds.present.report_sections import ReportTables, figure_sections
+from tl_neuronkinds.recording.contexts import windows_cover
+from tl_neuronkinds.recording.profile import NeuronProfile
+from tl_neuronkinds.universal.families import UniversalNeurons
 
 MAX_DETECTORS = 48  # detector sections, by decreasing evidence
 MAX_TEAM = 16  # neurons of Figure 9's team with a section
@@ -96,7 +98,7 @@ def report(
             intervention and attention tables are wanted too): adds a section after the
             paper's figures (Sun et al. 2024).
         universal: ``find_universal([model, ...], tokens)`` (``tl_neuronkinds.universal
-            .findings``): adds a universal-neurons section (Gurnee et al. 2024).
+            .families``): adds a universal-neurons section (Gurnee et al. 2024).
 
     Returns:
         The path written.
@@ -106,16 +108,16 @@ def report(
             the profile was recorded from (or the profile does not say which), the tokens are
             not the profile's, or ``analysis`` is of another profile.
     """
-    figures.require_matplotlib()
-    check_model(profile, model)
-    tokens = check_tokens(profile, tokens)
+    plots.require_matplotlib()
+    check_same_model(model, profile, strict=True)
+    tokens = recorded_tokens(profile, model, tokens)
     if analysis is None:
         analysis = Analysis(profile)
     elif analysis.profile is not profile:
         raise NeuronKindsError("analysis= must be an Analysis of the profile given")
     from tl_neuronkinds.present.render import page
 
-    run = RunTables(analysis, model, tokens)
+    run = ReportTables(analysis, model, tokens)
     title = f"Neuron kinds: {run.model_name}"
     fragments = [f"<style>{_CSS}</style>", '<div class="nk-view nk-report">', _header(run, title)]
     fragments += figure_sections(run)
@@ -131,27 +133,15 @@ def report(
     return atomic_write_text(out, page(title, fragments))
 
 
-def check_model(profile: NeuronProfile, model: Any) -> None:
-    """Refuse a model other than the one the profile was recorded from: its config hash and
-    weights fingerprint (``recording/identity.py``) must be those in ``profile.meta``."""
-    from tl_neuronkinds.loading.identity import check_same_model
-
-    missing = [key for key in IDENTITY_KEYS if profile.meta.get(key) is None]
-    if missing:
-        raise NeuronKindsError(
-            f"the profile's meta has no {' or '.join(missing)}, so it cannot be matched to a "
-            "model: make the report of a profile recorded by this version (nk.record)"
-        )
-    check_same_model(model, profile)
-
-
-def check_tokens(
-    profile: NeuronProfile, tokens: Int[torch.Tensor, "seq pos"] | None
+def recorded_tokens(
+    profile: NeuronProfile, model: Any, tokens: Int[torch.Tensor, "seq pos"] | None
 ) -> Int[torch.Tensor, "seq pos"] | None:
-    """``tokens`` on the CPU if they are the ones the profile was recorded on: the same shape
-    and the same count of every token at text positions (the profile's unigram occurrences)."""
+    """``tokens`` on the CPU if they are the ones the profile was recorded on: token ids the
+    model runs (``loading.tokens.check_tokens``), of the profile's shape, with the same count of
+    every token at text positions (the profile's unigram occurrences)."""
     if tokens is None:
         return None
+    check_tokens(tokens, model, profile.bos_token_id)
     expected = (profile.n_seqs, profile.seq_len)
     if tuple(tokens.shape) != expected:
         raise NeuronKindsError(
@@ -159,10 +149,7 @@ def check_tokens(
             "(n_seqs x seq_len)"
         )
     tokens = tokens.detach().to("cpu", torch.int64)
-    text = tokens[tokens != profile.bos_token_id]
-    if text.numel() and (int(text.min()) < 0 or int(text.max()) >= profile.d_vocab):
-        raise NeuronKindsError(f"tokens hold ids outside 0..{profile.d_vocab - 1}")
-    counts = torch.bincount(text, minlength=profile.d_vocab)
+    counts = torch.bincount(tokens[tokens != profile.bos_token_id], minlength=profile.d_vocab)
     table = profile.occurrences[1]
     recorded = torch.zeros(profile.d_vocab, dtype=torch.int64)
     recorded[table.keys] = table.counts
@@ -174,7 +161,7 @@ def check_tokens(
     return tokens
 
 
-def _header(run: "RunTables", title: str) -> str:
+def _header(run: "ReportTables", title: str) -> str:
     p = run.profile
     rows = {
         "model": run.model_name,
@@ -202,7 +189,7 @@ def _header(run: "RunTables", title: str) -> str:
 
 
 # ------------------------------------------------------------------------------ selection
-def _selection(run: RunTables) -> dict[tuple[int, int], list[str]]:
+def _selection(run: ReportTables) -> dict[tuple[int, int], list[str]]:
     """(layer, neuron) -> why it has a section, in (layer, neuron) order (see the module)."""
     chosen: dict[tuple[int, int], list[str]] = {}
 
@@ -237,10 +224,10 @@ def _selection(run: RunTables) -> dict[tuple[int, int], list[str]]:
     return dict(sorted(chosen.items()))
 
 
-def _neuron_sections(run: RunTables) -> list[str]:
+def _neuron_sections(run: ReportTables) -> list[str]:
     from tl_neuronkinds.present.render import visible
     from tl_neuronkinds.present.views import show_neuron
-    from tl_neuronkinds.recording.examples import contexts_of
+    from tl_neuronkinds.recording.contexts import contexts_of
 
     chosen = _selection(run)
     contexts: dict[tuple[int, int], pd.DataFrame] = {}

@@ -1,14 +1,13 @@
 """The paper's figures for one run, as HTML ``<figure>`` sections of the report (``report.py``).
 
-``RunTables`` computes, once, every table the figures and the neuron sections read, all from
+``ReportTables`` computes, once, every table the figures and the neuron sections read, all from
 one ``Analysis`` (``tl_neuronkinds.kinds``) and ``tl_neuronkinds.vocab``: nothing is
-recomputed here. Each figure is drawn by ``figures.py`` (matplotlib, inline SVG) or is an HTML
+recomputed here. Each figure is drawn by ``plots.py`` (matplotlib, inline SVG) or is an HTML
 table (Figure 5), with a caption naming the paper's figure and section (Voita et al. 2024) and
 the run, and its numbers in a folded ``data`` table.
 """
 
 import html
-import warnings
 from typing import Any
 
 import pandas as pd
@@ -16,15 +15,13 @@ import torch
 
 from tl_neuronkinds.kinds import (
     Analysis,
-    EvidenceWarning,
-    UndecidableWarning,
-    classify,
+    classify_with_cautions,
     figure_tables,
     position_frequencies,
     position_teams,
     positional_neurons,
 )
-from tl_neuronkinds.present import plots as figures
+from tl_neuronkinds.present import plots
 
 FIG5_DETECTORS = 8  # token detectors in Figure 5's table
 FIG5_K = 5  # promoted / suppressed tokens per detector in Figure 5
@@ -34,8 +31,8 @@ _ORDER_NAMES = {1: "unigrams (tokens)", 2: "bigrams", 3: "trigrams"}
 #: Appended to Figure 2's caption for the orders a capped profile kept for some neurons only.
 CENSORED = (
     " The last bucket, <b>&gt;{cap}</b> (hatched), is the n-gram cap: those neurons' k95 is "
-    "proven above {cap} without their counts (censored, SPEC.md “The n-gram cap”), a bound "
-    "rather than a value; <i>unknown</i>: counts missing without a proof."
+    "proven above {cap} without their counts (censored: see docs/kinds.md, “The n-gram cap”), "
+    "a bound rather than a value; <i>unknown</i>: counts missing without a proof."
 )
 #: Each figure's label, the paper's section and what it shows (the run is added to each).
 # fmt: off
@@ -71,13 +68,13 @@ CAPTIONS = {
 # fmt: on
 
 
-class RunTables:
+class ReportTables:
     """What every section reads: the profile's tables, computed once from one Analysis."""
 
     def __init__(self, analysis: Analysis, model: Any, tokens: torch.Tensor | None) -> None:
         profile = analysis.profile
         self.profile, self.analysis, self.model, self.tokens = profile, analysis, model, tokens
-        self.table, self.cautions = _classify(analysis)
+        self.table, self.cautions = classify_with_cautions(analysis)
         self.tables = figure_tables(analysis)
         self.positional = positional_neurons(analysis)
         self.teams = position_teams(analysis)
@@ -93,25 +90,8 @@ class RunTables:
         self.fig5 = self.detectors[self.detectors["token_detector"]].head(FIG5_DETECTORS)
 
 
-def _classify(analysis: Analysis) -> tuple[pd.DataFrame, list[str]]:
-    """``classify``'s table, and its cautions (evidence, undecidable tests) for the page."""
-    cautions = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EvidenceWarning)
-        warnings.simplefilter("always", UndecidableWarning)
-        table = classify(analysis)
-    for warning in caught:
-        if issubclass(warning.category, EvidenceWarning | UndecidableWarning):
-            cautions.append(str(warning.message))
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
-    return table, cautions
-
-
 def _figure(
-    run: RunTables,
+    run: ReportTables,
     fid: str,
     body: str,
     data: pd.DataFrame | None = None,
@@ -146,25 +126,25 @@ def _tokens(strings: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------ figures
-def _dead_figures(run: RunTables) -> list[str]:
+def _dead_figures(run: ReportTables) -> list[str]:
     fig1a, fig1b = run.tables["fig1a"], run.tables["fig1b"]
     return [
         _figure(
             run,
             "fig1a",
-            figures.layer_line("fig1a", {"dead": fig1a["pct_dead"]}, "% dead neurons"),
+            plots.layer_line("fig1a", {"dead": fig1a["pct_dead"]}, "% dead neurons"),
             fig1a,
         ),
         _figure(
             run,
             "fig1b",
-            figures.layer_line("fig1b", {"mean": fig1b["mean_freq"]}, "activation frequency"),
+            plots.layer_line("fig1b", {"mean": fig1b["mean_freq"]}, "activation frequency"),
             fig1b,
         ),
     ]
 
 
-def _ngram_figures(run: RunTables) -> list[str]:
+def _ngram_figures(run: ReportTables) -> list[str]:
     p, t, out = run.profile, run.tables, []
     for n in (1, 2, 3):
         fid, what = f"fig2-n{n}", _ORDER_NAMES[n]
@@ -174,7 +154,7 @@ def _ngram_figures(run: RunTables) -> list[str]:
             continue
         cap = p.ngram_cap if n >= 2 else None
         censored = "" if cap is None else CENSORED.format(cap=cap)
-        svg = figures.coverage_bars(fid, t[f"fig2_n{n}"], None if cap is None else f">{cap}")
+        svg = plots.coverage_bars(fid, t[f"fig2_n{n}"], None if cap is None else f">{cap}")
         fill = {"what": what, "censored": censored}
         out.append(_figure(run, fid, svg, t[f"fig2_n{n}"], caption="fig2", **fill))
     detectors = {
@@ -193,19 +173,19 @@ def _ngram_figures(run: RunTables) -> list[str]:
         _figure(
             run,
             "fig3a",
-            figures.layer_line("fig3a", detectors, "neurons", styles=["-", "--", ":"]),
+            plots.layer_line("fig3a", detectors, "neurons", styles=["-", "--", ":"]),
             pd.DataFrame(detectors),
         ),
         _figure(
-            run, "fig3b", figures.layer_line("fig3b", triggers, "tokens", styles=["-", "--"]), fig3b
+            run, "fig3b", plots.layer_line("fig3b", triggers, "tokens", styles=["-", "--"]), fig3b
         ),
         _figure(
-            run, "fig4", figures.layer_bars("fig4", new, "tokens"), pd.concat([fig3b, fig4], axis=1)
+            run, "fig4", plots.layer_bars("fig4", new, "tokens"), pd.concat([fig3b, fig4], axis=1)
         ),
     ]
 
 
-def _fig5_rows(run: RunTables, chosen: pd.DataFrame, suppression: pd.DataFrame) -> list[str]:
+def _fig5_rows(run: ReportTables, chosen: pd.DataFrame, suppression: pd.DataFrame) -> list[str]:
     from tl_neuronkinds.vocab import vocab_projection
 
     mean_score = suppression.set_index(["layer", "neuron"])["mean_trigger_score"]
@@ -228,7 +208,7 @@ def _fig5_rows(run: RunTables, chosen: pd.DataFrame, suppression: pd.DataFrame) 
     return rows
 
 
-def _vocab_figures(run: RunTables) -> list[str]:
+def _vocab_figures(run: ReportTables) -> list[str]:
     from tl_neuronkinds.vocab import suppression_by_layer, trigger_suppression
 
     suppression = trigger_suppression(run.model, run.analysis)
@@ -242,7 +222,7 @@ def _vocab_figures(run: RunTables) -> list[str]:
     data = suppression_by_layer(suppression, run.profile.layers).set_index("layer")
     total, supp = int(data["token_detectors"].sum()), int(data["suppressing"].sum())
     overall = f"{supp:,} of {total:,} ({100 * supp / total:.0f}%)" if total else "no detectors"
-    svg = figures.layer_bars(
+    svg = plots.layer_bars(
         "fig6",
         {"suppress their triggers": data["suppressing_fraction"]},
         "fraction of token detectors",
@@ -256,7 +236,7 @@ def _vocab_figures(run: RunTables) -> list[str]:
     return [fig5, _figure(run, "fig6", svg, data, overall=overall)]
 
 
-def _positional_figures(run: RunTables) -> list[str]:
+def _positional_figures(run: ReportTables) -> list[str]:
     curves: dict[tuple[str, str], tuple[str, pd.Series] | None] = {}
     frequencies: dict[int, pd.DataFrame] = {}
     for key, (layer, neuron) in run.examples.items():
@@ -273,7 +253,7 @@ def _positional_figures(run: RunTables) -> list[str]:
         text = "Position ranges indicated by a layer's strong oscillatory neurons: none here."
     else:
         team = run.teams.loc[run.team_layer]
-        body = figures.team_ranges("fig9", team["neurons"], team["ranges"], run.profile.seq_len - 1)
+        body = plots.team_ranges("fig9", team["neurons"], team["ranges"], run.profile.seq_len - 1)
         cover = (
             "together they cover every position"
             if team["covers_all"]
@@ -284,13 +264,13 @@ def _positional_figures(run: RunTables) -> list[str]:
             f"neurons of layer {run.team_layer}: {cover}."
         )
     return [
-        _figure(run, "fig7", figures.position_curves("fig7", curves), examples),
-        _figure(run, "fig8", figures.positional_bars("fig8", fig8), fig8),
+        _figure(run, "fig7", plots.position_curves("fig7", curves), examples),
+        _figure(run, "fig8", plots.positional_bars("fig8", fig8), fig8),
         _figure(run, "fig9", body, run.teams, text=text),
     ]
 
 
-def figure_sections(run: RunTables) -> list[str]:
+def figure_sections(run: ReportTables) -> list[str]:
     """Every figure of the report, in the paper's order (1a to 9)."""
     return [
         *_dead_figures(run),

@@ -1,5 +1,5 @@
 """Universal neurons as HTML: a section for the report (``nk.report(..., universal=...)``) and
-a page of its own (``tl-neuronkinds universal``). Figures are matplotlib SVG (``figures.py``)."""
+a page of its own (``tl-neuronkinds universal``). Figures are matplotlib SVG (``plots.py``)."""
 
 import html
 import os
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from tl_neuronkinds.present import plots as figures
-from tl_neuronkinds.universal.findings import UniversalNeurons
+from tl_neuronkinds.present import plots
+from tl_neuronkinds.present.render import section_page
+from tl_neuronkinds.universal.families import UniversalNeurons
 
 #: Rows of the most universal neurons shown.
 SHOWN = 30
@@ -44,9 +45,9 @@ def universal_section(found: UniversalNeurons) -> str:
         f"its best correlation exceeds that against an orthogonally rotated basis by more "
         f"than {found.threshold:g} (averaged over the other models): {n_universal} of "
         f"{len(table)} neurons.</p>",
-        figures.layer_bars("universal-share", {"universal": layers["share"] * 100}, "% of neurons"),
+        plots.layer_bars("universal-share", {"universal": layers["share"] * 100}, "% of neurons"),
         "<p><b>Universal neurons by layer</b>: the percentage of each layer's neurons.</p>",
-        figures.layer_line(
+        plots.layer_line(
             "universal-corr",
             {
                 "max correlation": layers["max_corr"],
@@ -69,5 +70,5 @@ def universal_section(found: UniversalNeurons) -> str:
 
 def universal_page(found: UniversalNeurons, out: str | os.PathLike, title: str) -> Path:
     """Write ``universal_section`` as a self-contained HTML page to ``out``, atomically."""
-    figures.require_matplotlib()
-    return figures.section_page(title, universal_section(found), out)
+    plots.require_matplotlib()
+    return section_page(title, universal_section(found), out)

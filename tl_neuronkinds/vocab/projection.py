@@ -2,6 +2,17 @@
 neuron's vocabulary projection ``s`` (``vocab_scores``, through ``readout.Readout``) and its top-k
 and bottom-k tokens (``vocab_projection``).
 
+Convention: ``s = R(W_out[l][i]) @ W_U`` with ``R`` the readout through the LayerNorms' centring
+and gains (and OPT-350m's ``project_out``) and ``W_U`` as held, *not* centred over the
+vocabulary. These are the logit changes the neuron causes up to the LayerNorms' positive scale,
+so a score's sign means what it says: with ``W_U`` centred (TransformerLens's
+``center_unembed``, which Gurnee et al. 2024 use and ``weight_stats`` follows by default) every
+score of a neuron moves by the same constant, ``-mean_v s``. The softmax ignores that constant
+and ranks keep it, so promoted and suppressed tokens and rank percentiles are the same either
+way; the scores themselves, and the sign of a token detector's mean trigger score (whether it
+suppresses its triggers, §4.4, Figure 6), are not. ``fold_ln`` and ``center_writing_weights``
+leave ``s`` unchanged (``readout``'s docstring).
+
 Scores are float32 matrix products with ``W_U`` (float16 / bfloat16 models are widened: float32
 accumulation; on CUDA, TF32 follows ``torch.backends.cuda.matmul.allow_tf32``), on the model's
 device, a chunk of neurons at a time. Ranks order tokens by score, ties by increasing token id,
@@ -16,8 +27,10 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
+from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.streaming import loaded_block
+from tl_neuronkinds.loading.tokens import strings_of
 from tl_neuronkinds.vocab.readout import (
     check_layer,
     check_neurons,
@@ -112,17 +125,6 @@ def _ranked(
     return values, ids
 
 
-def _token_strings(tokenizer: Any, ids: Int[np.ndarray, " m"]) -> dict[int, str]:
-    """Each id's text as the tokenizer decodes it; ``<id>`` for ids it does not have (as
-    ``recording.identity.token_strings``)."""
-    unique = [int(i) for i in np.unique(ids)]
-    n = 0 if tokenizer is None else len(tokenizer)
-    known = [i for i in unique if i < n]
-    decoded = tokenizer.batch_decode([[i] for i in known]) if known else []
-    strings = dict(zip(known, decoded, strict=True))
-    return {i: strings.get(i, f"<{i}>") for i in unique}
-
-
 def vocab_projection(
     model: Any,
     layer: int,
@@ -151,9 +153,7 @@ def vocab_projection(
     layer = check_layer(model, layer)
     ids = check_neurons(model, neurons)
     d_vocab = model.cfg.d_vocab
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= d_vocab:
-        raise NeuronKindsError(f"k must be an integer in 1..{d_vocab}, got {k!r}")
-    k = int(k)
+    k = check_int("k", k, low=1, high=d_vocab)
     values = torch.empty(ids.numel(), 2, k, dtype=torch.float32)
     tokens = torch.empty(ids.numel(), 2, k, dtype=torch.int64)
     for part, scores in score_chunks(model, layer, ids):
@@ -161,7 +161,7 @@ def vocab_projection(
             v, t = _ranked(scores, k, largest)
             values[part, d], tokens[part, d] = v.cpu(), t.cpu()
     token_ids = tokens.numpy().reshape(-1)
-    strings = _token_strings(getattr(model, "tokenizer", None), token_ids)
+    strings = strings_of(getattr(model, "tokenizer", None), token_ids)
     n = ids.numel()
     table = pd.DataFrame(
         {

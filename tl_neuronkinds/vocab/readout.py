@@ -2,7 +2,7 @@
 
 Neuron (l, i) adds ``act * W_out[l][i]`` to the residual stream. Its *vocabulary projection*
 ``s`` (``[d_vocab]``) is that row taken to the logits through the linear part of what lies
-between (SPEC.md, "Promoted and suppressed tokens"):
+between (docs/kinds.md, "Promoted and suppressed tokens"):
 
 - every LayerNorm on the way, as its centring (subtract the row's mean over ``d_model``) and its
   gain (multiply by its weight). Pre-LayerNorm models (every OPT but 350m) have one, the final
@@ -14,11 +14,14 @@ between (SPEC.md, "Promoted and suppressed tokens"):
 - OPT-350m's ``project_out`` (``d_model`` -> ``word_embed_proj_dim``);
 - the unembedding ``W_U``. OPT has no unembedding bias.
 
-``load_opt`` neither folds nor centres (SPEC "Terms"), so the centring and gains are applied
-here. A HookedTransformer loaded by TransformerLens with ``fold_ln`` has ``LNPre`` (the gain is
-in ``W_U``: centring only) and with ``center_writing_weights`` a centred ``W_out`` (centring it
-again changes nothing): both give the same ``s``. ``center_unembed`` shifts each neuron's ``s``
-by a constant, which keeps the ranking but moves ``mean_trigger_score``.
+``load_opt`` neither folds nor centres (docs/kinds.md, "Terms"), so the centring and gains are
+applied here. A HookedTransformer loaded by TransformerLens with ``fold_ln`` has ``LNPre`` (the gain
+is in ``W_U``: centring only) and with ``center_writing_weights`` a centred ``W_out`` (centring it
+again changes nothing): both give the same ``s``. ``center_unembed`` shifts each neuron's ``s`` by a
+constant, which keeps the ranking but moves ``mean_trigger_score``: ``s`` is taken on ``W_U`` as
+held (the logits' own convention), while ``weight_stats`` compares weights, by default, after all
+three of TransformerLens's steps, as Gurnee et al. 2024 do (``Readout`` transposed folds the
+LayerNorms into ``W_U``).
 
 The rows pass the LayerNorms and ``project_out`` in float64; scores are then float32 matrix
 products with ``W_U`` (float16 / bfloat16 models are widened: float32 accumulation; on CUDA,
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from tl_neuronkinds.checks import check_int, is_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.streaming import loaded_block
 
@@ -130,11 +134,10 @@ def readout(model: Any, layer: int) -> Readout:
 
 def check_layer(model: Any, layer: object) -> int:
     n_layers = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int | np.integer):
-        raise NeuronKindsError(f"layer must be an integer, got {layer!r}")
-    if not 0 <= int(layer) < n_layers:
-        raise NeuronKindsError(f"layer {layer} out of range 0..{n_layers - 1}")
-    return int(layer)
+    index = check_int("layer", layer)
+    if not 0 <= index < n_layers:
+        raise NeuronKindsError(f"layer {index} out of range 0..{n_layers - 1}")
+    return index
 
 
 def d_mlp_of(model: Any) -> int:
@@ -146,7 +149,7 @@ def check_neurons(model: Any, neurons: object) -> Int[torch.Tensor, " n"]:
     d_mlp = d_mlp_of(model)
     if neurons is None:
         return torch.arange(d_mlp)
-    if isinstance(neurons, int | np.integer) and not isinstance(neurons, bool):
+    if is_int(neurons):
         neurons = [neurons]
     try:
         ids = (

@@ -8,13 +8,13 @@ import pandas as pd
 import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.interventions.triggers import trigger_probability_change
 from tl_neuronkinds.kinds.analysis import Analysis, analysis_of
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
-from tl_neuronkinds.kinds.neurons import token_detectors
-from tl_neuronkinds.loading.identity import model_identity
-from tl_neuronkinds.recording.profile import IDENTITY_KEYS, NeuronProfile
+from tl_neuronkinds.kinds.per_neuron import token_detectors
+from tl_neuronkinds.loading.identity import check_same_model
+from tl_neuronkinds.recording.profile import NeuronProfile
 from tl_neuronkinds.vocab.projection import score_chunks
-from tl_neuronkinds.vocab.readout import d_mlp_of
 
 SUPPRESSION_COLUMNS = [
     "layer",
@@ -27,36 +27,13 @@ SUPPRESSION_COLUMNS = [
 ]
 
 
-def _check_identity(model: Any, profile: NeuronProfile) -> None:
-    """The profile must count this model's neurons: same shapes and identity (its meta)."""
-    cfg, d_mlp = model.cfg, d_mlp_of(model)
-    if (profile.d_mlp, profile.d_vocab) != (d_mlp, cfg.d_vocab) or max(
-        profile.layers, default=-1
-    ) >= cfg.n_layers:
-        raise NeuronKindsError(
-            f"the profile (d_mlp {profile.d_mlp}, d_vocab {profile.d_vocab}, layers "
-            f"{profile.layers}) does not fit the model (d_mlp {d_mlp}, d_vocab "
-            f"{cfg.d_vocab}, {cfg.n_layers} layers)"
-        )
-    identity = model_identity(model)
-    for key in IDENTITY_KEYS:
-        theirs = profile.meta.get(key)
-        if theirs is None:
-            raise NeuronKindsError(
-                f"the profile's meta has no {key}, so it cannot be matched to the model: use a "
-                "profile recorded on this model (nk.record or nk.NeuronRecorder)"
-            )
-        if theirs != identity[key]:
-            raise NeuronKindsError(
-                f"the profile was recorded on another model: its {key} is {theirs}, this "
-                f"model's is {identity[key]}"
-            )
-
-
 def trigger_suppression(
     model: Any,
     profile: NeuronProfile | Analysis,
     cutoffs: Cutoffs | None = None,
+    *,
+    tokens: torch.Tensor | None = None,
+    batch_size: int | None = None,
     **overrides: object,
 ) -> pd.DataFrame:
     """Do token detectors suppress the tokens that trigger them? (§4.4, Figure 6)
@@ -64,7 +41,8 @@ def trigger_suppression(
     The token detectors (n = 1, §4.2) and their triggers come from ``token_detectors`` of the
     profile; each trigger t is looked up in the detector's vocabulary projection ``s``
     (``vocab_scores``). A detector *suppresses its triggers* where the mean of ``s_t`` over its
-    triggers is negative (SPEC.md; §4.4 finds this for over 80% of OPT-66b's token detectors).
+    triggers is negative (docs/kinds.md; §4.4 finds this for over 80% of OPT-66b's token
+    detectors).
 
     Args:
         model: The model the profile was recorded on (a HookedTransformer or TransformerBridge
@@ -72,6 +50,11 @@ def trigger_suppression(
         profile: A NeuronProfile, or an ``Analysis`` of one.
         cutoffs, **overrides: The cut-offs of the detector test (``Cutoffs``; ``k_max``,
             ``coverage`` and ``min_count``, as in ``token_detectors``).
+        tokens: Where given (``Int[n_seq seq_len]``, BOS first), the causal check too: each
+            detector is zero-ablated over these tokens and the next-token probability of its
+            triggers is compared at the positions where it is active
+            (``interventions.trigger_probability_change``).
+        batch_size: Rows per forward of the causal check (default 8).
 
     Returns:
         One row per token detector, by layer then neuron: ``layer``, ``neuron``, ``triggers``
@@ -80,12 +63,15 @@ def trigger_suppression(
         ``trigger_rank_pct`` (per trigger, ``100 * |{v : s_v < s_t}| / d_vocab``: the
         percentage of the vocabulary scored strictly below it; near 0 the most suppressed
         tokens, near 100 the most promoted) and ``suppresses`` (``mean_trigger_score < 0``).
+        With ``tokens``, also ``active_positions``, ``trigger_prob`` (the mean next-token
+        probability of its triggers where it is active) and ``trigger_prob_change`` (its mean
+        change when the detector is ablated: positive where the detector suppressed them).
 
     Raises:
         NeuronKindsError: The profile was recorded on another model (or does not say which).
     """
     analysis = analysis_of(profile, cutoffs, overrides)
-    _check_identity(model, analysis.profile)
+    check_same_model(model, analysis.profile, strict=True)
     detectors = token_detectors(analysis)
     detectors = detectors[detectors["detector"].fillna(False).to_numpy(dtype=bool)]
     rows = []
@@ -110,10 +96,18 @@ def trigger_suppression(
                         "suppresses": mean < 0,
                     }
                 )
-    table = pd.DataFrame(rows, columns=SUPPRESSION_COLUMNS)
-    return table.astype(
+    table = pd.DataFrame(rows, columns=SUPPRESSION_COLUMNS).astype(
         {"layer": np.int64, "neuron": np.int64, "mean_trigger_score": float, "suppresses": bool}
     )
+    if tokens is None:
+        return table
+    prof = analysis.profile
+    found = list(zip(table["layer"], table["neuron"], table["trigger_ids"], strict=True))
+    causal = trigger_probability_change(
+        model, tokens, found, threshold=prof.threshold, batch_size=batch_size,
+        bos_token_id=prof.bos_token_id,
+    )  # fmt: skip
+    return pd.concat([table, causal.drop(columns=["layer", "neuron"])], axis=1)
 
 
 def suppression_by_layer(table: pd.DataFrame, layers: Sequence[int] | None = None) -> pd.DataFrame:

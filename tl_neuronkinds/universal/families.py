@@ -1,6 +1,7 @@
-"""Universal neurons with what each one is (Gurnee et al. 2024, §3-4): the correlation table of
-the first model joined with its neurons' weight statistics and activation moments, and the
-families that the universal neurons fall into against every neuron."""
+"""Universal neurons and their families (Gurnee et al. 2024, §3-4): the correlation table of the
+first model joined with its neurons' weight statistics and activation moments
+(``find_universal``), and how the universal neurons compare with every neuron on them
+(``UniversalNeurons.families``)."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -100,8 +101,9 @@ def find_universal(
         options: Passed to ``universal_neurons`` (``layers_a``, ``memory``, ``seed``, ...).
     """
     from tl_neuronkinds.kinds import activation_moments
+    from tl_neuronkinds.loading.tokens import bos_of
     from tl_neuronkinds.recording import record
-    from tl_neuronkinds.universal.correlations import bos_of, universal_neurons
+    from tl_neuronkinds.universal.correlations import universal_neurons
     from tl_neuronkinds.universal.weights import weight_stats
 
     table = universal_neurons(models, tokens, threshold=threshold, **options)

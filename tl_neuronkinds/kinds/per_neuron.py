@@ -40,7 +40,7 @@ def ngram_coverage(
         positions where the n-gram is defined, exact for every neuron), ``n_ngrams`` (nullable
         Int64: distinct n-grams with c_g > 0, NA where the profile lacks the neuron's counts),
         ``k95`` (nullable Int64: exact, NA where not), ``status`` (``exact``, ``undefined``
-        where A = 0, ``censored`` where ``k95 > ngram_cap`` is proven, ``unknown``; SPEC.md,
+        where A = 0, ``censored`` where ``k95 > ngram_cap`` is proven, ``unknown``; docs/kinds.md,
         "The n-gram cap") and ``bucket`` (its column of ``fig2``: a Figure 2 label, on a capped
         profile for n >= 2 one of the buckets cut at the cap or ``>cap``; None where undefined
         or unknown).
@@ -133,8 +133,8 @@ def positional_neurons(
         profile: A NeuronProfile recorded on full-length sequences, or an ``Analysis`` of one.
         cutoffs, **overrides: The cut-offs (``Cutoffs``): ``mi_threshold`` (positional where
             ``I(act; pos) > mi_threshold``: 0.05 in §5.1), ``min_run`` (shortest run of
-            positions that counts for the types: SPEC.md's m = 8), ``delta`` (tolerance of a
-            weak pattern's extremes: SPEC.md's 0.05) and ``smooth_r2`` (cut on ``smooth_r2``
+            positions that counts for the types: m = 8, §5.2), ``delta`` (tolerance of a
+            weak pattern's extremes: 0.05, §5.2) and ``smooth_r2`` (cut on ``smooth_r2``
             for strong "other" neurons, see ``positional``).
 
     Returns:
