@@ -29,6 +29,23 @@ OPT_TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "shared/data/opt-token
 OPT_VOCAB = 50272  # rows of every OPT embedding matrix (the tokenizer has 50,265 entries)
 NO_OPT_TOKENIZER = f"OPT's tokenizer is not at {OPT_TOKENIZER_DIR}"
 
+#: The block layouts of OPT's releases, as ``make_tiny_opt`` keyword arguments: pre-LayerNorm
+#: (every size but 350m), OPT-350m's post-LayerNorm blocks with ``project_in`` /
+#: ``project_out``, and pre-LayerNorm blocks with the projections.
+LAYOUTS = {
+    "pre-ln": {},
+    "350m-style": {"post_ln": True, "proj_dim": 16},
+    "pre-ln-projected": {"proj_dim": 16},
+}
+#: The ways a checkpoint's weights are stored, as ``make_tiny_opt`` keyword arguments (pre-LN).
+STORAGE_LAYOUTS = {
+    "safetensors": {},
+    "sharded": {"shards": 3},
+    "bin": {"fmt": "bin"},
+    "bin-sharded": {"fmt": "bin", "shards": 2},
+    "legacy-keys": {"legacy_keys": True},
+}
+
 
 def has_opt_tokenizer() -> bool:
     """Whether OPT's real tokenizer is available offline (../shared/data/opt-tokenizer)."""

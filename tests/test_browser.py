@@ -5,8 +5,8 @@ descriptors 3 and 4, no port opened, not even on loopback), with the stdlib only
 the test checks that every circuitsvis widget rendered its token spans, that hostile token
 strings are text (no element, no script run), that the console logged no error and no
 exception, that no request left ``file:`` or ``data:``, and it saves a full-page screenshot
-under pytest's tmp dir and in ``SCREENS``. Without Chromium it skips (``.ci/run`` installs
-Debian's ``chromium``).
+in the test's ``tmp_path`` (kept by pytest for the last runs, to look at). Without Chromium it
+skips, saying so (``.ci/run`` installs Debian's ``chromium``).
 """
 
 import base64
@@ -23,8 +23,12 @@ from test_render import HOSTILE, hostile_profile, widget_props
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.present import render
+from tl_neuronkinds.present.report import report
 
-pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
+pytestmark = [
+    pytest.mark.slow,  # each test starts a browser
+    pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning"),
+]
 
 BROWSER = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
@@ -35,7 +39,6 @@ if BROWSER is None:
         "Debian's chromium package",
         allow_module_level=True,
     )
-SCREENS = Path("/tmp/ana/screens")
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-sync",
@@ -203,13 +206,9 @@ def check_quiet_and_offline(state: dict[str, Any]) -> None:
 
 
 def save_screenshot(png: bytes, tmp_path: Path, name: str) -> Path:
+    """Check ``png`` is a real screenshot and keep it in the test's ``tmp_path``."""
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     (tmp_path / name).write_bytes(png)
-    try:
-        SCREENS.mkdir(parents=True, exist_ok=True)
-        (SCREENS / name).write_bytes(png)
-    except OSError:
-        pass
     return tmp_path / name
 
 
@@ -282,11 +281,6 @@ def test_repeated_notebook_outputs_render(planted, tmp_path) -> None:
 
 
 def test_report_renders_offline(planted, tmp_path) -> None:
-    try:
-        from tl_neuronkinds.present.report import report
-    except ImportError as err:
-        pytest.skip(f"tl_neuronkinds.present.report is not there yet ({err})")
-    pytest.importorskip("matplotlib", reason="the report draws its figures with matplotlib")
     model, tokens, profile = planted
     path = report(profile, model, out=tmp_path / "report.html", tokens=tokens)
     text = path.read_text(encoding="utf-8")

@@ -320,6 +320,7 @@ def _digest(docs) -> str:
     return hashlib.sha256("\0".join(d.domain + d.key + d.text for d in docs).encode()).hexdigest()
 
 
+@pytest.mark.slow
 def test_embedded_is_deterministic():
     first = _digest(embedded_documents(0))
     embedded_corpus._stdlib_documents.cache_clear()
@@ -384,6 +385,7 @@ def test_embedded_arithmetic_answers_are_right():
     assert checked > 20_000
 
 
+@pytest.mark.slow
 def test_embedded_has_five_million_opt_tokens_fast(opt_tokenizer):
     corpus = Corpus.embedded("train")
     start = time.perf_counter()

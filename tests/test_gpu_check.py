@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
@@ -22,6 +23,7 @@ def _module():
     return module
 
 
+@pytest.mark.slow
 def test_runs_on_the_cpu_and_finds_every_mode_equal(tmp_path) -> None:
     out = tmp_path / "figures.json"
     command = [

@@ -194,6 +194,7 @@ def test_a_recorded_model_matches_brute_force_over_its_cached_activations() -> N
     assert profile.counts[0].moments.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_the_sums(tmp_path, monkeypatch) -> None:
     model, tokens = tiny_model(2), random_tokens(30, n_seq=24, seq_len=16, vocab=8)
     kwargs = dict(batch_size=2, bos_token_id=BOS, progress=False, checkpoint_every=64)

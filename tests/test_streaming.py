@@ -43,6 +43,7 @@ def _zero_neuron(value, hook):
     return value
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offload", ["cpu", "disk"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_hooks_cache_and_stop_at_layer_match_resident(variant, offload, ckpts, resident):

@@ -13,13 +13,19 @@ from transformers import AutoTokenizer, OPTForCausalLM
 
 import tl_neuronkinds
 from tl_neuronkinds.corpus import Corpus
-from tl_neuronkinds.data import embedded_model_dir
+from tl_neuronkinds.data import embedded_model_dir, embedded_tokenizer_dir, shared_tokenizer_dir
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.training.cli import _parser
-from tl_neuronkinds.training.config import TrainConfig
-from tl_neuronkinds.training.loop import RECORD_NAME, lr_at, train
+from tl_neuronkinds.training.cli import _parser, main
+from tl_neuronkinds.training.config import TrainConfig, check_keep_steps
+from tl_neuronkinds.training.loop import (
+    CHECKPOINTS_DIR,
+    RECORD_NAME,
+    kept_checkpoint,
+    lr_at,
+    train,
+)
 from tl_neuronkinds.training.model import ModelShape, build_model
-from tl_neuronkinds.training.tokenizer import load_tokenizer
+from tl_neuronkinds.training.tokenizer import load_tokenizer, train_tokenizer
 
 TINY = TrainConfig(
     shape=ModelShape(vocab_size=320, d_model=16, n_layers=2, n_heads=2, d_mlp=32, n_ctx=32),
@@ -119,6 +125,27 @@ def test_nopos_keeps_positions_zero_and_reuses_tokenizer(
     assert record["loss_curve"][-1]["loss"] < record["loss_curve"][0]["loss"]
 
 
+def test_models_sharing_a_tokenizer_write_it_once_and_refuse_another(
+    standard: tuple[Path, dict], tmp_path: Path
+) -> None:
+    out, _ = standard
+    shared = tmp_path / "tokenizer"
+    nopos = dataclasses.replace(TINY, variant="nopos")
+    train(nopos, tmp_path / "a", TRAIN, HELDOUT, tokenizer=load_tokenizer(out), tokenizer_dir=shared, log=False)  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "config.json", "generation_config.json", "model.safetensors", RECORD_NAME,
+    ]  # fmt: skip
+    assert (shared / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    written = (shared / "tokenizer_config.json").stat().st_mtime_ns
+    train(nopos, tmp_path / "b", TRAIN, HELDOUT, tokenizer=load_tokenizer(shared), tokenizer_dir=shared, log=False)  # fmt: skip
+    assert (shared / "tokenizer_config.json").stat().st_mtime_ns == written, "rewritten"
+    other = train_tokenizer(HELDOUT, TINY.shape.vocab_size, TINY.shape.n_ctx)
+    with pytest.raises(NeuronKindsError, match="holds another tokenizer"):
+        train(nopos, tmp_path / "c", TRAIN, HELDOUT, tokenizer=other, tokenizer_dir=shared, log=False)  # fmt: skip
+    assert not (tmp_path / "c").exists()
+    assert (shared / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+
+
 def test_lr_schedule_warms_up_then_decays_to_a_tenth() -> None:
     cfg = TrainConfig(peak_lr=1e-3, warmup_frac=0.1)
     rates = [lr_at(step, 100, cfg) for step in range(100)]
@@ -154,6 +181,119 @@ def test_bad_settings_raise(change: dict, message: str, tmp_path: Path) -> None:
 def test_build_model_rejects_heads_not_dividing_width() -> None:
     with pytest.raises(NeuronKindsError, match="not divisible"):
         build_model(ModelShape(d_model=10, n_heads=4), "standard", 0.0)
+
+
+# ------------------------------------------------------ checkpoints kept during a run (Figure 11)
+
+KEEP = (5, 20, 40)  # TINY runs 40 steps; the last kept step is the final model
+
+
+@pytest.fixture(scope="module")
+def kept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("kept") / "model"
+    return out, train(TINY, out, TRAIN, HELDOUT, log=False, keep_steps=KEEP)
+
+
+def test_keeping_checkpoints_changes_nothing_in_the_run(
+    standard: tuple[Path, dict], kept: tuple[Path, dict]
+) -> None:
+    (plain, plain_record), (out, record) = standard, kept
+    a, b = load_file(plain / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert record["loss_curve"] == plain_record["loss_curve"]
+    assert record["heldout_loss"] == plain_record["heldout_loss"]
+    assert record["kept_steps"] == list(KEEP) and plain_record["kept_steps"] == []
+    assert sorted(p.name for p in (out / CHECKPOINTS_DIR).iterdir()) == [
+        kept_checkpoint(out, step).name for step in KEEP
+    ]
+    assert kept_checkpoint(out, 5) == out / "checkpoints" / "step-000005"
+
+
+def test_kept_checkpoints_are_loadable_models_at_their_step(kept: tuple[Path, dict]) -> None:
+    out, final = kept
+    files = sorted(p.name for p in out.iterdir() if p.is_file())
+    heldout = HELDOUT.tokenize(load_tokenizer(out), seq_len=TINY.seq_len)[:8]
+    losses = []
+    for step in KEEP:
+        path = kept_checkpoint(out, step)
+        assert sorted(p.name for p in path.iterdir()) == files
+        record = json.loads((path / RECORD_NAME).read_text())
+        assert (record["steps"], record["run_steps"]) == (step, final["steps"])
+        assert record["tokens_seen"] == step * TINY.batch_size * TINY.seq_len
+        assert record["loss_curve"] == [p for p in final["loss_curve"] if p["step"] <= step]
+        assert record["config"] == final["config"] and record["seed"] == final["seed"]
+        model = tl_neuronkinds.load_opt(path, device="cpu")
+        assert model.cfg.n_layers == TINY.shape.n_layers
+        hf = OPTForCausalLM.from_pretrained(path, dtype=torch.float32)
+        with torch.no_grad():
+            loss = hf(input_ids=heldout, labels=heldout).loss.item()
+        assert loss == pytest.approx(record["heldout_loss"], rel=1e-4)
+        losses.append(record["heldout_loss"])
+    assert losses[0] > losses[-1] == pytest.approx(final["heldout_loss"])
+    first = load_file(kept_checkpoint(out, KEEP[0]) / "model.safetensors")
+    last = load_file(kept_checkpoint(out, KEEP[-1]) / "model.safetensors")
+    weights = load_file(out / "model.safetensors")
+    assert all(torch.equal(last[k], weights[k]) for k in weights)
+    assert not all(torch.equal(first[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ((0,), "integer >= 1"),
+        ((5, 2.5), "integer >= 1"),
+        ((True,), "integer >= 1"),
+        ((5, 5), "increasing order without repeats"),
+        ((20, 5), "increasing order without repeats"),
+        ((5, 41), "step 41 is beyond the run's 40 steps"),
+        ("5", "a sequence of step numbers"),
+    ],
+)
+def test_bad_keep_steps_raise_before_training(
+    steps: object, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_training(*args: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("tl_neuronkinds.training.loop._run", no_training)
+    with pytest.raises(NeuronKindsError, match=message):
+        train(TINY, tmp_path / "bad", TRAIN, HELDOUT, log=False, keep_steps=steps)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(NeuronKindsError, match=message):
+        check_keep_steps(steps, TINY.n_steps)
+    with pytest.raises(NeuronKindsError, match="a sequence of step numbers, got None"):
+        check_keep_steps(None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--keep-steps", "100,x"], "'x' is not an integer"),
+        (["--keep-steps", "300,100"], "increasing order without repeats"),
+        (["--keep-steps", "100,100"], "increasing order without repeats"),
+        (["--keep-steps", "0"], "integer >= 1"),
+        (["--keep-steps", "2"], "needs --out"),
+        (["--out", "m", "--tokens", "4096", "--keep-steps", "1,3"], "beyond the run's 2 steps"),
+    ],
+)
+def test_cli_refuses_bad_keep_steps_before_reading_the_corpus(
+    argv: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_corpus(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was read")
+
+    monkeypatch.setattr(Corpus, "embedded", no_corpus)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    assert _parser().parse_args(["--keep-steps", "100, 300"]).keep_steps == (100, 300)
 
 
 # ---------------------------------------------------------------------- the shipped checkpoints
@@ -208,13 +348,26 @@ def test_shipped_model_loads_offline_and_matches_its_record(name: str) -> None:
     model = OPTForCausalLM.from_pretrained(path)
     positions = model.model.decoder.embed_positions.weight
     assert bool(positions.any()) == (variant == "standard")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert shared_tokenizer_dir(path) == embedded_tokenizer_dir()
+    assert not list(path.glob("tokenizer*")), "the shipped models share one tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
     assert len(tokenizer) == config["vocab_size"]
     ids = tokenizer("def f(x):\n    return x + 1").input_ids
     assert ids[0] == 2 and 2 not in ids[1:]
-    assert (path / "tokenizer.json").read_text() == (
-        SHIPPED["standard"] / "tokenizer.json"
-    ).read_text()
+    loaded = tl_neuronkinds.load_opt(path, device="cpu").tokenizer
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert loaded("def f(x):\n    return x + 1").input_ids == ids
+
+
+def test_only_the_shipped_folders_get_the_shared_tokenizer(tmp_path: Path) -> None:
+    copy = tmp_path / SHIPPED["standard"].name
+    copy.mkdir()
+    assert shared_tokenizer_dir(copy) is None
+    assert shared_tokenizer_dir(SHIPPED["standard"].parent / "tokenizer") is None
+    assert shared_tokenizer_dir(SHIPPED["standard"].parent) is None
+    assert shared_tokenizer_dir(SHIPPED["seed2"] / ".." / SHIPPED["nopos"].name) == (
+        embedded_tokenizer_dir()
+    )
 
 
 def test_cli_defaults_reproduce_the_shipped_settings() -> None:

@@ -8,8 +8,13 @@ from recording_reference import BOS, D_VOCAB, random_tokens, tiny_model
 from test_correlations import permuted
 
 import tl_neuronkinds as nk
-from tl_neuronkinds.data import SEEDS, embedded_model_dir
-from tl_neuronkinds.universal.findings import FAMILY_STATS, find_universal
+from tl_neuronkinds.data import (
+    SEEDS,
+    embedded_model_dir,
+    embedded_tokenizer_dir,
+    shared_tokenizer_dir,
+)
+from tl_neuronkinds.universal.families import FAMILY_STATS, find_universal
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +65,7 @@ def test_layers_and_families_equal_a_hand_computation(found) -> None:
         assert families.loc["universal", column] == pytest.approx(expected, nan_ok=True), column
 
 
+@pytest.mark.slow
 def test_the_report_and_the_page_show_universal_neurons(found, tmp_path) -> None:
     model, tokens, result = found
     profile = nk.record(model, tokens, progress=False, bos_token_id=BOS)
@@ -73,6 +79,7 @@ def test_the_report_and_the_page_show_universal_neurons(found, tmp_path) -> None
     assert 'aria-label="universal-corr"' in page and "data-nk-bundle" not in page
 
 
+@pytest.mark.slow
 def test_universal_command_writes_tables_and_page(tmp_path, capsys) -> None:
     from tl_neuronkinds import cli
 
@@ -100,14 +107,14 @@ def test_the_default_models_are_the_shipped_seeds() -> None:
 
     dirs = embedded_seeds()
     assert len(dirs) == len(SEEDS) == 3
-    for directory in dirs:
-        assert (embedded_model_dir() / "tokenizer.json").read_bytes() == (
-            embedded_model_dir().parent / directory / "tokenizer.json"
-        ).read_bytes()
+    tokenizers = [nk.load_opt(directory, device="cpu").tokenizer for directory in dirs]
+    assert all(shared_tokenizer_dir(directory) == embedded_tokenizer_dir() for directory in dirs)
+    assert all(t.get_vocab() == tokenizers[0].get_vocab() for t in tokenizers[1:])
     with pytest.raises(nk.NeuronKindsError, match="no embedded nopos model of seed 1"):
         embedded_model_dir("nopos", seed=1)
 
 
+@pytest.mark.slow
 def test_report_compare_adds_the_section(tmp_path, capsys) -> None:
     from tl_neuronkinds import cli
 

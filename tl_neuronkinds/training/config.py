@@ -1,8 +1,11 @@
 """Settings of a training run, with defaults that reproduce the shipped embedded models."""
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tl_neuronkinds.checks import check_int
+from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.training.model import ModelShape
 
 
@@ -59,9 +62,44 @@ class TrainConfig:
         """Training sequence length: the model's full context, like OPT's 2048-token rows."""
         return self.shape.n_ctx
 
+    @property
+    def n_steps(self) -> int:
+        """Optimiser steps of the run: ``n_tokens // (batch_size * seq_len)``."""
+        return self.n_tokens // (self.batch_size * self.seq_len)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable view (``shape`` nested, ``betas`` as a list)."""
         out = asdict(self)
         out["betas"] = list(self.betas)
         out["seq_len"] = self.seq_len
         return out
+
+
+def check_keep_steps(steps: object, n_steps: int | None = None) -> tuple[int, ...]:
+    """The steps after which a run keeps a checkpoint, checked (paper §5.4, Figure 11).
+
+    Figure 11 compares one model at several points of its training (50k, 150k and 300k
+    batches); a step here is one optimiser step, one batch, as in the loss curve's ``step``.
+
+    Args:
+        steps: Positive integers in increasing order, without repeats.
+        n_steps: The run's steps (``TrainConfig.n_steps``); when given, no step may exceed
+            it. The last step itself may be kept: its checkpoint equals the final model.
+
+    Returns:
+        The steps as a tuple of ints.
+
+    Raises:
+        NeuronKindsError: A step that is not an integer, below 1, out of order, repeated or
+            beyond ``n_steps``.
+    """
+    if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+        raise NeuronKindsError(f"keep_steps must be a sequence of step numbers, got {steps!r}")
+    kept = [check_int("keep_steps: each step", step, low=1) for step in steps]
+    if any(b <= a for a, b in zip(kept, kept[1:], strict=False)):
+        raise NeuronKindsError(
+            f"keep_steps must be in increasing order without repeats, got {kept}"
+        )
+    if n_steps is not None and kept and kept[-1] > n_steps:
+        raise NeuronKindsError(f"keep_steps: step {kept[-1]} is beyond the run's {n_steps} steps")
+    return tuple(kept)

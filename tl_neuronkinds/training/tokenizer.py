@@ -5,14 +5,17 @@ OPT's tokenizer is GPT-2's byte-level BPE with four special tokens at fixed ids:
 ``</s>`` exactly once (``add_bos_token``), which is what the recorder expects at position 0.
 The tokenizer trained here has the same layout, only a smaller vocabulary, and is saved as a
 ``GPT2Tokenizer`` so ``transformers.AutoTokenizer.from_pretrained(dir)`` rebuilds it offline.
+The shipped models share one copy of it (``save_shared_tokenizer``).
 """
 
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, GPT2Tokenizer, PreTrainedTokenizerBase
 
+from tl_neuronkinds.atomic import atomic_dir, follow_umask
 from tl_neuronkinds.errors import NeuronKindsError
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -92,3 +95,30 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
             f"tokenizer in {path} has BOS id {tokenizer.bos_token_id}; OPT's BOS is {BOS_TOKEN!r} = {BOS_ID}"
         )
     return tokenizer
+
+
+def save_shared_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:
+    """Save the tokenizer that several models share to ``directory``, once.
+
+    A new ``directory`` is written atomically. One that already holds a tokenizer is kept as it
+    is when it is the same tokenizer (the same ``tokenizer.json``), so the models trained on it
+    stay paired with it; a different one is refused.
+
+    Raises:
+        NeuronKindsError: If ``directory`` holds another tokenizer.
+    """
+    existing = directory / "tokenizer.json"
+    if not existing.is_file():
+        with atomic_dir(directory) as tmp:
+            tokenizer.save_pretrained(tmp)
+            for path in tmp.iterdir():
+                follow_umask(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        same = (Path(tmp) / "tokenizer.json").read_bytes() == existing.read_bytes()
+    if not same:
+        raise NeuronKindsError(
+            f"{directory} holds another tokenizer, which the models that share it were trained "
+            "on; to train on a new one, remove it and retrain every model that shares it"
+        )
