@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from opt_fixtures import make_tiny_opt, tiny_tokenizer
 from planted import TEXT, VOCAB, planted_model, planted_tokens
 from safetensors.torch import load_file
 
@@ -245,13 +244,13 @@ def test_figures_ignore_and_keep_the_users_matplotlib_settings() -> None:
     import matplotlib
     import pandas as pd
 
-    from tl_neuronkinds.present import plots as figures
+    from tl_neuronkinds.present import plots
 
     series = {"a": pd.Series([1.0, 2.5, 0.5], index=pd.Index([0, 1, 2], name="layer"))}
-    plain = figures.layer_line("x", series, "y")
+    plain = plots.layer_line("x", series, "y")
     user = {"lines.linewidth": 5.0, "font.size": 20.0, "svg.hashsalt": None}
     with matplotlib.rc_context(user):
-        assert figures.layer_line("x", series, "y") == plain
+        assert plots.layer_line("x", series, "y") == plain
         assert {k: matplotlib.rcParams[k] for k in user} == user
 
 
@@ -276,6 +275,7 @@ def test_mismatched_inputs_are_refused(planted, tmp_path) -> None:
     assert not target.exists()
 
 
+@pytest.mark.slow
 def test_contexts_come_from_the_windows_or_the_tokens(planted, tmp_path) -> None:
     """The profile's windows give the same page as the tokens; without windows (window=None)
     or tokens, the report has no contexts and says so."""
@@ -314,15 +314,6 @@ def test_the_package_import_keeps_report_a_function_and_loads_no_matplotlib() ->
 
 
 # ------------------------------------------------------------------ command line
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory) -> Path:
-    path = make_tiny_opt(
-        tmp_path_factory.mktemp("ckpt") / "m", vocab=300, n_ctx=32, tokenizer=False
-    )
-    tiny_tokenizer().save_pretrained(path)
-    return path
-
-
 def _profile_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
     return [
         "profile", "--model", str(model), "--corpus", str(corpus), "--seq-len", "16",
@@ -336,6 +327,7 @@ def _error(capsys) -> str:
     return err[-1]
 
 
+@pytest.mark.slow
 def test_profile_writes_tokens_and_report_and_report_rebuilds_it(
     checkpoint_dir, tmp_path, capsys
 ) -> None:
@@ -384,6 +376,7 @@ def test_no_report_and_missing_matplotlib(checkpoint_dir, tmp_path, monkeypatch,
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_demo_writes_the_report(tmp_path) -> None:
     out = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(out), "--tokens", "1024"]) == 0

@@ -1,7 +1,9 @@
 """The tutorials run as scripts, offline, on a few tokens.
 
 ``paper_opt125m.py`` is written for facebook/opt-125m from the hub; here it runs on a tiny
-local checkpoint of the same format (``NK_TUTORIAL_MODEL``), so every call it makes is run.
+local checkpoint of the same format (``NK_TUTORIAL_MODEL``), so every call it makes is run;
+``paper_scale.py`` likewise on two tiny local checkpoints of different depths, and
+``over_training.py`` trains for a few steps (``NK_TUTORIAL_STEPS``).
 """
 
 import os
@@ -10,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.opt_fixtures import OPT_VOCAB, has_opt_tokenizer, make_tiny_opt
+from opt_fixtures import OPT_VOCAB, has_opt_tokenizer, make_tiny_opt, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "tutorials").glob("*.py"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
 def test_tutorial_runs(path: Path, tmp_path: Path) -> None:
     env = {
@@ -32,10 +34,37 @@ def test_tutorial_runs(path: Path, tmp_path: Path) -> None:
             pytest.skip("the paper tutorial tokenizes with OPT's tokenizer, which is absent")
         model = make_tiny_opt(tmp_path / "opt", n_layers=3, vocab=OPT_VOCAB, n_ctx=128)
         env["NK_TUTORIAL_MODEL"] = str(model)
+    args: list[str] = []
+    if path.name == "over_training.py":
+        env["NK_TUTORIAL_STEPS"] = "6"
+    if path.name == "paper_scale.py":
+        vocab = OPT_VOCAB if has_opt_tokenizer() else len(tiny_tokenizer())
+        dirs = [make_tiny_opt(tmp_path / f"opt-{n}l", n_layers=n, vocab=vocab, n_ctx=128, seed=n)
+                for n in (2, 3)]  # fmt: skip
+        args = [*map(str, dirs), "--out", str(tmp_path / "scale")]
     result = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, str(path), *args], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "positions recorded" in result.stdout
     if "report" in path.read_text():
         assert any(tmp_path.rglob("report.html")), "the tutorial wrote no report"
+    if "compare.html" in path.read_text():
+        assert any(tmp_path.rglob("compare.html")), "the tutorial wrote no comparison"
+
+
+def test_paper_scale_needs_the_hub_or_a_directory(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),  # an empty cache
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    script = ROOT / "tutorials" / "paper_scale.py"
+    argv = [sys.executable, str(script), "facebook/opt-125m", "--out", str(tmp_path / "out")]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1
+    assert "facebook/opt-125m needs the Hugging Face hub" in result.stderr
+    assert "local checkpoint directories" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from tl_neuronkinds.cli import massive, report, run, universal
+from tl_neuronkinds.cli import compare, massive, report, run, universal
 from tl_neuronkinds.errors import NeuronKindsError
 
 DESCRIPTION = (
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand."""
     parser = _Parser(prog="tl-neuronkinds", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, report, massive, universal):
+    for group in (run, report, compare, massive, universal):
         group.add_parsers(sub)
     return parser
 

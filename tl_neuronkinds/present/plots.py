@@ -1,4 +1,10 @@
-"""The paper's figures drawn with matplotlib, as SVG to inline in an HTML page (``report.py``).
+"""The figures of the report and of the other pages, drawn with matplotlib as SVG to inline in
+an HTML page (``report.py``, ``massive_page.py``, ``universal_page.py``, ``compare_page.py``).
+
+Plots come in two engines, one module each, because one view must draw without matplotlib:
+this module is matplotlib's (the ``report`` extra: the paper's figures, with axes, legends and
+hatching); ``svg_plots.py`` writes the SVG of ``show_neuron``'s two small plots by hand, so
+that a view works where only the core dependencies are installed.
 
 Each function takes the tables of ``tl_neuronkinds.kinds`` (``figure_tables``,
 ``position_teams``, ``position_frequencies``; nothing is recomputed here) and returns one
@@ -13,13 +19,10 @@ text stays text (``svg.fonttype = none``: smaller, searchable). Every ``id`` ins
 prefixed with the figure's own id, so many figures share one page without clashing ids.
 """
 
-import html
 import io
-import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,21 +102,30 @@ def _layer_axis(ax: Any, layers: Sequence[int]) -> None:
 
 
 def layer_line(
-    fid: str, series: dict[str, pd.Series], ylabel: str, *, styles: Sequence[str] = ()
+    fid: str,
+    series: dict[str, pd.Series],
+    ylabel: str,
+    *,
+    styles: Sequence[str] = (),
+    log: bool = False,
 ) -> str:
-    """One line per named per-layer series (Figures 1a, 1b, 3a, 3b); NaN breaks a line."""
+    """One line per named per-layer series (Figures 1a, 1b, 3a, 3b; with ``log``, Sun et al.
+    Figure 2's view of massive activations: a log scale, zeros left out); NaN breaks a line."""
     with _style():
         fig = _figure()
         ax = fig.add_subplot()
         layers: list[int] = []
         for i, (label, values) in enumerate(series.items()):
             style = styles[i] if i < len(styles) else "-"
-            ax.plot(
-                values.index, values.to_numpy(dtype=float), style, marker="o", ms=3, label=label
-            )
+            y = values.to_numpy(dtype=float)
+            y = np.where(y > 0, y, np.nan) if log else y
+            ax.plot(values.index, y, style, marker="o", ms=3, label=label)
             layers = list(values.index)
+        if log:
+            ax.set_yscale("log")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=0)
+        if not log:
+            ax.set_ylim(bottom=0)
         _layer_axis(ax, layers)
         if len(series) > 1:
             ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -270,24 +282,6 @@ def team_ranges(
         return _svg(fig, fid)
 
 
-def magnitude_lines(fid: str, series: dict[str, pd.Series]) -> str:
-    """Massive activations (Sun et al. Figure 2's view): per layer, the top-1/2/3 magnitudes
-    and the median of hidden states, on a log scale (zeros are left out)."""
-    with _style():
-        fig = _figure()
-        ax = fig.add_subplot()
-        layers: list[int] = []
-        for label, values in series.items():
-            y = values.to_numpy(dtype=float)
-            ax.plot(values.index, np.where(y > 0, y, np.nan), marker="o", ms=3, label=label)
-            layers = list(values.index)
-        ax.set_yscale("log")
-        ax.set_ylabel("magnitude |h|")
-        _layer_axis(ax, layers)
-        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        return _svg(fig, fid)
-
-
 def head_heatmap(fid: str, table: pd.DataFrame, value: str, label: str) -> str:
     """A layer x head grid of ``table[value]`` (rows ``layer``, ``head``), 0 to 1."""
     grid = table.pivot(index="layer", columns="head", values=value)
@@ -303,11 +297,91 @@ def head_heatmap(fid: str, table: pd.DataFrame, value: str, label: str) -> str:
         return _svg(fig, fid)
 
 
-def section_page(title: str, section: str, out: str | os.PathLike) -> Path:
-    """A report section (figures and tables, no widgets) as a self-contained HTML page at
-    ``out``, written atomically (``tl-neuronkinds massive`` and ``universal``)."""
-    from tl_neuronkinds.atomic import atomic_write_text
-    from tl_neuronkinds.present.render import page
+# ---------------------------------------------------------------- comparisons (compare_page.py)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_DASHES = ("-", "--", ":", "-.")
 
-    body = ['<div class="nk-view nk-report">', f"<h1>{html.escape(title)}</h1>", section, "</div>"]
-    return atomic_write_text(out, page(title, body, widgets=False))
+
+def _mpl_text(label: str) -> str:
+    """``label`` shown as written by matplotlib: ``$`` is not mathtext, a leading ``_`` does
+    not hide a legend entry."""
+    text = label.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
+def depth_lines(
+    fid: str,
+    series: dict[str, pd.Series],
+    ylabel: str,
+    *,
+    counts: bool = False,
+    log: bool = False,
+    ylim: tuple[float, float] | None = None,
+    reference: tuple[float, str] | None = None,
+) -> str:
+    """One line per model against relative depth (Voita et al. 2024, Figures 1a, 1b, 3a, 3b, 4).
+
+    ``series`` maps each model's label to its values indexed by relative depth (0: the first
+    block, 1: the last), in the legend's order. Each line has its own marker and dash pattern
+    (hollow markers, shrinking with each line, so lines that coincide stay visible) and the id
+    ``{fid}-model-{i}``. ``counts``: integer ticks; ``log``: a log scale (values <= 0 left
+    out); ``reference``: a dashed horizontal line with its label.
+    """
+    with _style():
+        matplotlib = require_matplotlib()
+        fig = _figure(_WIDE * 0.7, _HIGH)
+        ax = fig.add_subplot()
+        for i, (label, values) in enumerate(series.items()):
+            y = values.to_numpy(dtype=float)
+            ax.plot(
+                values.index.to_numpy(dtype=float),
+                np.where(y > 0, y, np.nan) if log else y,
+                _DASHES[i % len(_DASHES)],
+                marker=_MARKERS[i % len(_MARKERS)],
+                ms=max(7 - i, 3),
+                mfc="none",
+                lw=1.3,
+                label=_mpl_text(label),
+                gid=f"model-{i}",
+            )
+        if reference is not None:
+            ax.axhline(reference[0], color="#555", ls="--", lw=1, label=_mpl_text(reference[1]))
+        if log:
+            ax.set_yscale("log")
+        else:  # from a little below 0, so that a line at 0 is not hidden in the axis
+            low, high = ylim if ylim is not None else (0.0, max(ax.get_ylim()[1], 1.0))
+            ax.set_ylim(low - 0.04 * (high - low), high)
+        if counts:
+            ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlim(-0.04, 1.04)
+        ax.set_xlabel("relative depth: layer / (n_layers - 1)")
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        return _svg(fig, fid)
+
+
+def positional_rows(fid: str, tables: dict[str, pd.DataFrame]) -> str:
+    """Figure 8 as the paper draws it for several models (and so Figures 10 and 11): one row per
+    model, its positional neurons per layer stacked by type and strength (``fig8``'s table
+    columns), every row on one y scale from 0; each row's axes has the id ``{fid}-model-{i}``."""
+    with _style():
+        fig = _figure(_WIDE, 0.5 + 1.6 * len(tables))
+        axes = fig.subplots(len(tables), 1, sharey=True, squeeze=False)[:, 0]
+        for i, (ax, (label, table)) in enumerate(zip(axes, tables.items(), strict=True)):
+            ax.set_gid(f"model-{i}")
+            bottom = np.zeros(len(table))
+            for kind in TYPE_ORDER:
+                for strength, colour in zip(("strong", "weak"), TYPE_COLOURS[kind]):
+                    values = table[f"{kind}_{strength}"].to_numpy(dtype=float)
+                    name = f"{kind} ({strength})" if i == 0 else None
+                    ax.bar(table.index, values, bottom=bottom, color=colour, label=name)
+                    bottom += values
+            ax.set_title(_mpl_text(label), loc="left", fontsize=9)
+            ax.set_ylabel("positional neurons")
+            _layer_axis(ax, list(table.index))
+        top = max(max(float(t.to_numpy().sum(axis=1).max(initial=0)) for t in tables.values()), 1.0)
+        axes[0].set_ylim(0, top * 1.05)
+        axes[0].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        return _svg(fig, fid)
