@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from opt_fixtures import make_tiny_opt, tiny_tokenizer
 from profile_checks import assert_same
 
 import tl_neuronkinds as nk
@@ -21,15 +20,6 @@ from tl_neuronkinds.cli import run as cli_run
 from tl_neuronkinds.recording import checkpoint
 
 TEXT = "the cat sat on the mat. the dog sat on the log. " * 40
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory) -> Path:
-    path = make_tiny_opt(
-        tmp_path_factory.mktemp("ckpt") / "m", vocab=300, n_ctx=32, tokenizer=False
-    )
-    tiny_tokenizer().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +73,7 @@ def test_profile_writes_profile_table_and_summaries(
     assert nk.NeuronProfile.load(out / "profile").n_positions == 128
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_says_so_in_one_line_and_resumes(
     checkpoint_dir, corpus_file, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -113,6 +104,7 @@ def test_an_interrupted_run_says_so_in_one_line_and_resumes(
     )
 
 
+@pytest.mark.slow
 def test_top_k_and_histogram_reach_the_profile(checkpoint_dir, corpus_file, tmp_path) -> None:
     out = tmp_path / "h"
     extra = ("--tokens", "128", "--top-k", "3", "--histogram", "--window", "2,1", "--no-report")
@@ -130,6 +122,7 @@ def test_top_k_and_histogram_reach_the_profile(checkpoint_dir, corpus_file, tmp_
     assert (out0 / "report.html").exists()  # without contexts, and says so
 
 
+@pytest.mark.slow
 def test_invalid_settings_write_nothing(checkpoint_dir, corpus_file, tmp_path, capsys) -> None:
     out = tmp_path / "o"
     for extra, message in (
@@ -160,6 +153,7 @@ def test_invalid_settings_write_nothing(checkpoint_dir, corpus_file, tmp_path, c
     _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_a_disk_error_is_one_line_and_the_run_is_not_marked_finished(
     checkpoint_dir, corpus_file, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -180,6 +174,7 @@ def test_a_disk_error_is_one_line_and_the_run_is_not_marked_finished(
     assert cli.main(_args(checkpoint_dir, corpus_file, out, "--tokens", "64")) == 0
 
 
+@pytest.mark.slow
 def test_every_jsonl_is_parsed_and_text_files_mix_in(checkpoint_dir, corpus_file, tmp_path) -> None:
     second = tmp_path / "more.jsonl"
     second.write_text(json.dumps({"text": "a jsonl document " * 30}) + "\n")
@@ -289,3 +284,21 @@ def test_torchrun_records_data_parallel(checkpoint_dir, corpus_file, tmp_path) -
     got = nk.NeuronProfile.load(parallel / "profile")
     assert got.meta["world_size"] == 2
     assert_same(got, nk.NeuronProfile.load(single / "profile"))
+
+
+def test_a_token_count_rounded_up_to_whole_rows_is_said(
+    checkpoint_dir, corpus_file, tmp_path, capsys
+) -> None:
+    assert cli.main(_args(checkpoint_dir, corpus_file, tmp_path / "o", "--tokens", "10")) == 0
+    note = "--tokens 10: recording 16 tokens, whole rows of --seq-len 16 (1 row)"
+    assert note in capsys.readouterr().err
+    assert nk.NeuronProfile.load(tmp_path / "o" / "profile").n_positions == 16
+
+
+def test_classification_csv_keeps_one_row_per_line() -> None:
+    table = pd.DataFrame(
+        {"layer": [0, 0], "neuron": [1, 2], "triggers": [["\n", " the", "a\tb"], ["\u200b"]]}
+    )
+    csv = cli_run.csv_table(table).to_csv(index=False)
+    assert csv.splitlines() == ["layer,neuron,triggers", "0,1,↵ |  the | a⇥b", "0,2,⟨U+200B⟩"]
+    assert table["triggers"][0] == ["\n", " the", "a\tb"]  # the table itself is left as it was

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from opt_fixtures import make_tiny_opt, random_tokens
+from opt_fixtures import LAYOUTS, make_tiny_opt, random_tokens
 from planted import BOS, D_VOCAB, PREV2, TOK, VOCAB, planted_model, planted_tokens
 from tl_models import TL4, process_weights, tl_model
 from transformers import OPTForCausalLM
@@ -32,11 +32,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:DeprecationWarning"),
 ]
 
-LAYOUTS = {
-    "pre-ln": {},
-    "350m-style": {"post_ln": True, "proj_dim": 16},
-    "pre-ln-projected": {"proj_dim": 16},
-}
 N_LAYERS = 3
 
 
@@ -52,7 +47,7 @@ def checkpoints(tmp_path_factory):
 def hf_scores(path, layer: int) -> torch.Tensor:
     """``[d_mlp, d_vocab]`` float64 from ``OPTForCausalLM``'s tensors: ``fc2.weight`` rows through
     each LayerNorm's centring and gain on the way to the logits, ``project_out`` and
-    ``lm_head`` (SPEC.md, "Promoted and suppressed tokens")."""
+    ``lm_head`` (docs/kinds.md, "Promoted and suppressed tokens")."""
     hf = OPTForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     decoder = hf.model.decoder
     rows = decoder.layers[layer].fc2.weight.detach().double().T
@@ -263,6 +258,7 @@ def planted_suppression():
     return model, _recorded_planted(model), rows
 
 
+@pytest.mark.slow
 def test_trigger_suppression_on_planted_detectors(planted_suppression):
     model, profile, rows = planted_suppression
     table = trigger_suppression(model, profile)
@@ -299,8 +295,21 @@ def test_trigger_suppression_on_planted_detectors(planted_suppression):
     assert list(none.columns) == SUPPRESSION_COLUMNS and none.empty
     assert suppression_by_layer(none, profile.layers)["token_detectors"].tolist() == [0, 0]
     assert nk.trigger_suppression is trigger_suppression  # exported lazily
+    # The causal check: the same table, and per detector its triggers' next-token probability
+    # where it is active, and the change when it is ablated (trigger_probability_change's own).
+    from tl_neuronkinds.interventions import trigger_probability_change
+
+    tokens = planted_tokens()
+    causal = trigger_suppression(model, profile, tokens=tokens, batch_size=3)
+    pd.testing.assert_frame_equal(causal[SUPPRESSION_COLUMNS], table)
+    found = list(zip(table["layer"], table["neuron"], table["trigger_ids"], strict=True))
+    expected = trigger_probability_change(model, tokens, found, bos_token_id=BOS)
+    extra = ["active_positions", "trigger_prob", "trigger_prob_change"]
+    pd.testing.assert_frame_equal(causal[extra], expected[extra])
+    assert (causal["active_positions"] > 0).all()
 
 
+@pytest.mark.slow
 def test_trigger_suppression_matches_brute_force_on_a_random_checkpoint(checkpoints):
     """Detectors planted in the activations of random tokens, scored against the reference."""
     path = checkpoints["350m-style"]
@@ -330,6 +339,7 @@ def test_trigger_suppression_matches_brute_force_on_a_random_checkpoint(checkpoi
         assert row["trigger_rank_pct"] == pytest.approx(pct)
 
 
+@pytest.mark.slow
 def test_trigger_suppression_refuses_a_profile_of_another_model(planted_suppression):
     model, profile, _ = planted_suppression
     other = planted_model()

@@ -6,11 +6,15 @@ TransformerLens (which itself imports datasets and accelerate): ``load_opt`` is 
 first used.
 """
 
+import functools
 from typing import Any
 
+from tl_neuronkinds.compare import Comparison
+from tl_neuronkinds.compare import compare as _compare_runs
 from tl_neuronkinds.corpus import Corpus
 from tl_neuronkinds.data import embedded_model_dir
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.interventions import ablate_neurons
 from tl_neuronkinds.kinds import (
     Analysis,
     Cutoffs,
@@ -32,6 +36,7 @@ from tl_neuronkinds.massive import (
     massive_attention,
     massive_intervention,
 )
+from tl_neuronkinds.present.compare_page import compare_page as _compare_page
 from tl_neuronkinds.present.report import report
 from tl_neuronkinds.recording import (
     LayerCounts,
@@ -56,6 +61,7 @@ from tl_neuronkinds.version import __version__
 
 __all__ = [
     "Analysis",
+    "Comparison",
     "Corpus",
     "Cutoffs",
     "EvidenceWarning",
@@ -68,10 +74,12 @@ __all__ = [
     "UndecidableWarning",
     "UniversalNeurons",
     "__version__",
+    "ablate_neurons",
     "activation_histogram",
     "activation_moments",
     "bos_attention_scores",
     "classify",
+    "compare",
     "correlation_matrix",
     "dead_neurons",
     "embedded_model_dir",
@@ -107,6 +115,13 @@ _VOCAB = ("suppression_by_layer", "trigger_suppression", "vocab_projection", "vo
 
 # ``report`` is imported eagerly (it loads neither matplotlib nor circuitsvis until a report
 # is written); the views and the vocabulary projection on first use.
+
+
+@functools.wraps(_compare_runs)
+def compare(runs: Any, labels: Any = None, cutoffs: Any = None, **options: Any) -> Comparison:
+    # The composition root joins the comparison (compare/) to its page (present/), so that
+    # neither imports the other's floor: nk.compare's Comparison.to_html draws with it.
+    return _compare_runs(runs, labels, cutoffs, page=_compare_page, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -161,16 +160,36 @@ def add_parsers(sub: Any) -> None:
     tables.set_defaults(func=tables_command)
 
 
+#: Where the demo records the embedded model's NoPos twin, and its comparison page.
+DEMO_NOPOS, DEMO_COMPARE = "nopos", "compare.html"
+
+
 def demo_command(args: argparse.Namespace) -> None:
-    """``profile`` on the embedded model and held-out corpus, into ``--out`` (replaced)."""
+    """``profile`` on the embedded model and held-out corpus, into ``--out`` (replaced); the
+    same for its NoPos twin (§5.4) over the same tokens into ``--out/nopos`` (no report of its
+    own); then ``--out/compare.html``, the two compared (Figure 10, and Figures 1a-4; unless
+    ``--no-report``)."""
     parser = argparse.ArgumentParser(prog="tl-neuronkinds demo")
     _profile_arguments(parser)
-    argv = ["--out", str(args.out), "--overwrite"]
-    if args.tokens is not None:
-        argv += ["--tokens", str(args.tokens)]
+    argv = ["--overwrite"] + ([] if args.tokens is None else ["--tokens", str(args.tokens)])
+    twin = args.out / DEMO_NOPOS
+    profile_command(
+        parser.parse_args(["--out", str(args.out), *argv, *(["--no-report"] * args.no_report)])
+    )
+    from tl_neuronkinds.data import embedded_model_dir
+
+    nopos = str(embedded_model_dir("nopos"))
+    print(f"\nthe NoPos twin over the same tokens, into {twin}", file=sys.stderr)
+    profile_command(parser.parse_args(["--model", nopos, "--out", str(twin), "--no-report", *argv]))
     if args.no_report:
-        argv.append("--no-report")
-    profile_command(parser.parse_args(argv))
+        return
+    from tl_neuronkinds import compare
+
+    labels = ["embedded model", "NoPos twin"]
+    comparison = compare([args.out, twin], labels, with_suppression=True)
+    title = "The embedded model and its NoPos twin (Figure 10; Figures 1a-4)"
+    path = comparison.to_html(args.out / DEMO_COMPARE, title)
+    print(f"wrote {path}: the embedded model against its NoPos twin")
 
 
 def profile_command(args: argparse.Namespace) -> None:
@@ -192,6 +211,11 @@ def profile_command(args: argparse.Namespace) -> None:
     tokens = corpus.tokenize(
         model.tokenizer, seq_len=seq_len, n_tokens=args.tokens, max_len=model.cfg.n_ctx
     )
+    if args.tokens is not None and tokens.numel() != args.tokens:
+        common.note(
+            f"--tokens {args.tokens:,}: recording {tokens.numel():,} tokens, whole rows of "
+            f"--seq-len {seq_len} ({tokens.shape[0]} row{'s' if tokens.shape[0] > 1 else ''})"
+        )
     settings = {
         "model": args.model or "embedded",
         **model_identity(model),
@@ -309,32 +333,31 @@ def saved_note(args: argparse.Namespace) -> str:
     )
 
 
+def csv_table(table: Any) -> Any:
+    """``classify``'s table as ``classification.csv`` writes it: each neuron's triggers in one
+    cell, joined by `` | ``, each written as the report shows it (``present.render.visible``:
+    a newline as ``↵``, a tab as ``⇥``, other invisible characters as ``⟨U+XXXX⟩``), so that
+    every row of the file is one line that ``grep`` and ``head`` can read."""
+    from tl_neuronkinds.present.render import visible
+
+    def cell(triggers: Any) -> str:
+        return " | ".join(visible(str(t), breaks=False) for t in triggers)
+
+    return table.assign(triggers=table["triggers"].map(cell))
+
+
 def write_outputs(profile: Any, out: Path) -> Any:
     """Write classification.csv/.parquet and the per-figure summaries; print the summary.
 
     Returns the ``Analysis`` the tables came from (for the report)."""
-    from tl_neuronkinds.kinds import (
-        Analysis,
-        EvidenceWarning,
-        UndecidableWarning,
-        classify,
-        figure_tables,
-    )
+    from tl_neuronkinds.kinds import Analysis, classify_with_cautions, figure_tables
 
     analysis = Analysis(profile)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EvidenceWarning)
-        warnings.simplefilter("always", UndecidableWarning)
-        table = classify(profile, analysis=analysis)
-    for warning in caught:  # the kinds' cautions, as notes rather than source locations
-        if issubclass(warning.category, EvidenceWarning | UndecidableWarning):
-            common.note(str(warning.message))
-        else:
-            warnings.warn_explicit(
-                warning.message, warning.category, warning.filename, warning.lineno
-            )
+    table, cautions = classify_with_cautions(analysis)
+    for caution in cautions:  # the kinds' cautions, as notes rather than source locations
+        common.note(caution)
     atomic_write(out / "classification.parquet", lambda p: table.to_parquet(p, index=False))
-    csv = table.assign(triggers=table["triggers"].map(lambda t: " | ".join(map(str, t))))
+    csv = csv_table(table)
     atomic_write(out / "classification.csv", lambda p: csv.to_csv(p, index=False))
     tables = figure_tables(profile, analysis=analysis)
     for name, frame in tables.items():

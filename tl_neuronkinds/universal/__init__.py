@@ -1,13 +1,15 @@
 """Universal neurons (Gurnee et al. 2024, "Universal Neurons in GPT2 Language Models"):
-correlations of neuron activations across models (``correlations.py``), statistics of neurons'
-weights (``weights.py``), and both joined with activation moments (``findings.py``)."""
+correlations of neuron activations across models (``correlations.py``; their passes over the
+tokens in ``passes.py``, their float64 sums in ``sums.py``, the baseline's rotations in
+``rotations.py``), statistics of neurons' weights (``weights.py``), and both joined with
+activation moments, with the families universal neurons fall into (``families.py``)."""
 
 from tl_neuronkinds.universal.correlations import (
     correlation_matrix,
     neuron_correlations,
     universal_neurons,
 )
-from tl_neuronkinds.universal.findings import UniversalNeurons, find_universal
+from tl_neuronkinds.universal.families import UniversalNeurons, find_universal
 from tl_neuronkinds.universal.weights import bos_attention_scores, weight_stats
 
 __all__ = [
