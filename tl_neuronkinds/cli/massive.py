@@ -2,9 +2,12 @@
 corpus (default: the embedded held-out split), written as tables (CSV and parquet) and a
 self-contained HTML page of their figures.
 
-Where massive activations are found, their effects are measured too: perplexity with them set
-to zero and to their mean (the mean taken over the first half of the rows, perplexity over the
-second half), and the attention on them over every row.
+Per layer it writes both summaries: the top entries and median of every token pooled
+(``massive_top``, ``massive_median``) and Sun et al.'s means over sequences of each sequence's
+top-k and median (``massive_by_sequence``). Where massive activations are found, their effects
+are measured too: perplexity with them set to zero and to their mean (the mean taken over the
+first half of the rows, perplexity over the second half; ``--scheme`` picks which entries are
+set), and the attention on them over every row.
 """
 
 import argparse
@@ -45,6 +48,13 @@ def add_parsers(sub: Any) -> None:
         "--ratio", type=common.positive, default=1000.0, help="... and this times the median (1000)"
     )
     cmd.add_argument(
+        "--scheme",
+        choices=("threshold", "positions"),
+        default="threshold",
+        help="entries the intervention sets: every one above the cut-off (threshold), or the "
+        "first token's and the top-1 position's, as Sun et al.'s code (positions)",
+    )
+    cmd.add_argument(
         "--batch-size", type=common.integer(), default=None, help="sequences per forward (8)"
     )
     common.add_device_options(cmd)
@@ -76,10 +86,20 @@ def massive_command(args: argparse.Namespace) -> None:
         max_len=model.cfg.n_ctx,
     )
     found = measure_massive(
-        model, tokens, args.k, args.batch_size, magnitude=args.magnitude, ratio=args.ratio
+        model,
+        tokens,
+        args.k,
+        args.batch_size,
+        magnitude=args.magnitude,
+        ratio=args.ratio,
+        scheme=args.scheme,
     )
     out.mkdir(parents=True, exist_ok=True)
-    tables: dict[str, pd.DataFrame] = {"massive_top": found.top, "massive_median": found.median}
+    tables: dict[str, pd.DataFrame] = {
+        "massive_top": found.top,
+        "massive_median": found.median,
+        "massive_by_sequence": found.by_sequence,
+    }
     if found.intervention is not None:
         tables |= {
             "massive_dims": found.dims(),
@@ -114,10 +134,8 @@ def _print_summary(found: Any, tokens: Any) -> None:
     summary["top_1 / median"] = summary["top_1"] / summary["median"]
     print(f"{tokens.numel():,} tokens ({tokens.shape[0]} x {tokens.shape[1]})")
     print(summary.to_string(float_format=lambda x: f"{x:.4g}"))
+    print(f"massive activations: {found.summary()}")
     if found.intervention is None:
-        print(
-            f"no massive activations (none above {found.magnitude:g} and {found.ratio:g} x its "
-            "layer's median): the effects are not measured"
-        )
+        print("no massive activations, so their effects are not measured")
     else:
         print(found.intervention[["intervention", "layer", "dims", "perplexity", "vs_none"]])

@@ -1,4 +1,4 @@
-"""What massive activations do (Sun et al. 2024 §3, §4; SPEC.md "Massive activations (MA)").
+"""What massive activations do (Sun et al. 2024 §3, §4; docs/kinds.md, "Massive activations").
 
 Both functions start from a ``MassiveActivations`` (``massive_activations``) and look at the
 layer where massive activations first appear, ``L``, and the dimensions that hold them there.
@@ -9,8 +9,14 @@ top-k table only names the dimensions, the entries are found anew in each forwar
 - ``massive_intervention``: Sun et al. §3 set the massive activations to zero, or to their
   mean over many sequences, where they first appear, and compare perplexity with the
   unmodified model: zero destroys the model, the mean barely changes it, so they act as fixed
-  biases. Here: a hook on ``blocks.{L}.hook_resid_post`` sets the massive entries on those
-  dimensions to 0, or to each dimension's mean over the massive entries of ``mean_tokens``.
+  biases. A hook on ``blocks.{L}.hook_resid_post`` sets, on those dimensions, either
+  (``scheme="threshold"``, the default) every entry above the cut-off, to 0 or to each
+  dimension's mean over the massive entries of ``mean_tokens``; or (``scheme="positions"``,
+  Sun et al.'s code, locuslab/massive-activations ``lib/hook.py``) the entries at the first
+  token and at the position of the sequence's top-1 magnitude (of layer ``L``, over every
+  dimension), whatever their size, to 0 or to their mean over ``mean_tokens``: one mean per
+  dimension for the first token, one for the top-1 position (taken over the sequences whose
+  top-1 lies past the first token, the only ones where that position is set).
 - ``massive_attention``: Sun et al. §4 find attention concentrated on the tokens holding
   massive activations. Here: per layer and head, the attention probability that goes to the
   positions holding a massive entry at layer ``L``, averaged over every query position.
@@ -23,13 +29,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 
+from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.loading.hook_names import resid_post
 from tl_neuronkinds.loading.streaming import stop_at
-from tl_neuronkinds.massive.activations import BATCH_ROWS, MassiveActivations, check_tokens
+from tl_neuronkinds.loading.tokens import check_tokens
+from tl_neuronkinds.massive.activations import BATCH_ROWS, MassiveActivations
 
 INTERVENTIONS = ("none", "zero", "mean")
+#: Which entries ``massive_intervention`` sets (module docstring).
+SCHEMES = ("threshold", "positions")
 
 
 def first_massive_layer(found: MassiveActivations) -> tuple[int, list[int], float]:
@@ -37,8 +48,10 @@ def first_massive_layer(found: MassiveActivations) -> tuple[int, list[int], floa
     there (sorted), and the magnitude an entry of ``L`` must pass to be massive.
 
     Raises:
-        NeuronKindsError: No massive activation in ``found``.
+        NeuronKindsError: No massive activation in ``found``; ``found`` without places
+            (``by="sequence"``).
     """
+    found.placed("the effects of massive activations")
     massive = found.top[found.top["massive"]]
     if massive.empty:
         raise NeuronKindsError(
@@ -59,9 +72,7 @@ def _massive_mask(
 
 
 def _batches(tokens: torch.Tensor, batch_size: int | None, model: Any):
-    batch = BATCH_ROWS if batch_size is None else batch_size
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise NeuronKindsError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch = BATCH_ROWS if batch_size is None else check_int("batch_size", batch_size, low=1)
     device = next(model.parameters()).device
     for first in range(0, tokens.shape[0], batch):
         yield tokens[first : first + batch].to(device)
@@ -80,7 +91,7 @@ def _massive_means(
         total.add_((picked * mask).sum((0, 1)).cpu())
         count.add_(mask.sum((0, 1)).cpu())
 
-    hooks = [(f"blocks.{layer}.hook_resid_post", see)]
+    hooks = [(resid_post(layer), see)]
     for rows in _batches(tokens, batch, model):
         with torch.inference_mode(), stop_at(model, layer + 1):
             model.run_with_hooks(rows, fwd_hooks=hooks, stop_at_layer=layer + 1)
@@ -112,44 +123,71 @@ def massive_intervention(
     *,
     mean_tokens: torch.Tensor | None = None,
     batch_size: int | None = None,
+    scheme: str = "threshold",
 ) -> pd.DataFrame:
     """Perplexity on ``tokens`` with the massive activations of their first layer unchanged,
     set to zero, and set to their mean (Sun et al. §3; module docstring).
 
     Args:
         model: The model ``found`` was computed on.
-        found: From ``massive_activations``; names the layer, dimensions and thresholds.
+        found: From ``massive_activations`` (``by="pooled"``); names the layer, dimensions and
+            thresholds.
         tokens: ``Int[n_seq seq_len]`` held-out tokens to measure perplexity on.
-        mean_tokens: Tokens to take each dimension's mean over (default: ``tokens``).
+        mean_tokens: Tokens to take the means over (default: ``tokens``).
         batch_size: Rows per forward (default 8).
+        scheme: Which entries of layer ``L`` on the massive dimensions are set:
+            ``"threshold"`` (the project's: every entry above the cut-off, wherever it lies)
+            or ``"positions"`` (Sun et al.'s: the entries at the first token and at each
+            sequence's top-1 position, whatever their size).
 
     Returns:
-        One row per intervention (``"none"``, ``"zero"``, ``"mean"``): ``intervention``,
-        ``layer``, ``dims`` (list), ``value`` (list: what the entries were set to; empty for
-        none), ``perplexity``, ``vs_none`` (perplexity over the unmodified model's).
+        One row per intervention (``"none"``, ``"zero"``, ``"mean"``): ``scheme``,
+        ``intervention``, ``layer``, ``dims`` (list), ``value`` (list, per dimension: what the
+        entries were set to, for ``"positions"`` those at the first token; empty for none),
+        ``value_top`` (``"positions"`` only: what the entries at the top-1 position were set
+        to; empty where none was set or no row of ``mean_tokens`` gave a mean),
+        ``perplexity``, ``vs_none`` (perplexity over the unmodified model's).
 
     Raises:
-        NeuronKindsError: No massive activation in ``found``; bad tokens; ``mean_tokens``
-            without a massive entry on one of the dimensions.
+        NeuronKindsError: No massive activation in ``found``; bad tokens or ``scheme``;
+            ``"threshold"``: ``mean_tokens`` without a massive entry on one of the dimensions;
+            ``"positions"``: a row of ``tokens`` whose top-1 lies past the first token where
+            no row of ``mean_tokens`` had one (no mean to set it to).
     """
-    check_tokens(model, tokens)
+    check_tokens(tokens, model)
+    if scheme not in SCHEMES:
+        raise NeuronKindsError(
+            f"scheme must be one of {', '.join(map(repr, SCHEMES))}, not {scheme!r}"
+        )
     layer, dims, floor = first_massive_layer(found)
-    means = _massive_means(
-        model, tokens if mean_tokens is None else check_tokens(model, mean_tokens), layer, dims,
-        floor, batch_size,
-    )  # fmt: skip
+    mean_rows = tokens if mean_tokens is None else check_tokens(mean_tokens, model)
+    zeros = torch.zeros(len(dims), dtype=torch.float64)
+    setters: dict[str, tuple[Callable, list[float], list[float]]] = {}
+    if scheme == "threshold":
+        means = _massive_means(model, mean_rows, layer, dims, floor, batch_size)
+        for name, values in (("zero", zeros), ("mean", means)):
+            setters[name] = (_setter(dims, floor, values), values.tolist(), [])
+    else:
+        first, top = _position_means(model, mean_rows, layer, dims, batch_size)
+        setters["zero"] = (_position_setter(dims, zeros, zeros), [0.0] * len(dims), zeros.tolist())
+        top_list = [] if top is None else top.tolist()
+        setters["mean"] = (_position_setter(dims, first, top), first.tolist(), top_list)
     rows = []
     for name in INTERVENTIONS:
-        values = {"none": None, "zero": torch.zeros(len(dims)), "mean": means}[name]
         hooks: list[tuple[str, Callable]] = []
-        if values is not None:
-            hooks = [(f"blocks.{layer}.hook_resid_post", _setter(dims, floor, values))]
+        value: list[float] = []
+        value_top: list[float] = []
+        if name in setters:
+            hook, value, value_top = setters[name]
+            hooks = [(resid_post(layer), hook)]
         rows.append(
             {
+                "scheme": scheme,
                 "intervention": name,
                 "layer": layer,
                 "dims": dims,
-                "value": [] if values is None else values.tolist(),
+                "value": value,
+                "value_top": value_top,
                 "perplexity": _perplexity(model, tokens, hooks, batch_size),
             }
         )
@@ -163,6 +201,61 @@ def _setter(dims: list[int], floor: float, values: torch.Tensor) -> Callable:
         mask = _massive_mask(value, dims, floor)
         target = values.to(value.device, value.dtype).expand_as(mask)
         value[..., dims] = torch.where(mask, target, value[..., dims])
+        return value
+
+    return hook
+
+
+def _top_positions(hidden: Float[torch.Tensor, "batch pos d_model"]) -> Int[torch.Tensor, " batch"]:
+    """Each row's position of its largest magnitude over every dimension (the first such entry
+    in (position, dimension) order where tied), as Sun et al.'s hook finds it."""
+    return hidden.abs().flatten(1).argmax(1) // hidden.shape[2]
+
+
+def _position_means(
+    model: Any, tokens: torch.Tensor, layer: int, dims: list[int], batch: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(first, top)``: per dimension, the mean over the rows of ``tokens`` of the entry at
+    the first token, and over the rows whose top-1 lies past it of the entry at the top-1
+    position (None where no row's does); float64."""
+    first = torch.zeros(len(dims), dtype=torch.float64)
+    top = torch.zeros(len(dims), dtype=torch.float64)
+    counts = [0, 0]
+
+    def see(value: torch.Tensor, hook: Any) -> None:
+        first.add_(value[:, 0, dims].double().sum(0).cpu())
+        pos = _top_positions(value)
+        later = (pos > 0).nonzero().squeeze(1)
+        top.add_(value[later, pos[later]][:, dims].double().sum(0).cpu())
+        counts[0] += value.shape[0]
+        counts[1] += later.numel()
+
+    hooks = [(resid_post(layer), see)]
+    for rows in _batches(tokens, batch, model):
+        with torch.inference_mode(), stop_at(model, layer + 1):
+            model.run_with_hooks(rows, fwd_hooks=hooks, stop_at_layer=layer + 1)
+    return first / counts[0], (top / counts[1] if counts[1] else None)
+
+
+def _position_setter(dims: list[int], first: torch.Tensor, top: torch.Tensor | None) -> Callable:
+    """A hook that sets, in each row, the entries on ``dims`` at its top-1 position (found
+    before anything is set; only where it lies past the first token) to ``top`` and those at
+    the first token to ``first``."""
+
+    def hook(value: torch.Tensor, hook: Any) -> torch.Tensor:
+        pos = _top_positions(value)
+        later = (pos > 0).nonzero().squeeze(1)
+        if later.numel():
+            if top is None:
+                raise NeuronKindsError(
+                    "a row of tokens has its top-1 magnitude past the first token, and no row "
+                    "of mean_tokens had: no mean to set it to (give mean_tokens more rows)"
+                )
+            index = torch.tensor(dims, device=value.device)
+            value[later[:, None], pos[later][:, None], index[None, :]] = top.to(
+                value.device, value.dtype
+            )
+        value[:, 0, dims] = first.to(value.device, value.dtype)
         return value
 
     return hook
@@ -182,7 +275,7 @@ def massive_attention(
     Raises:
         NeuronKindsError: No massive activation in ``found``; bad tokens.
     """
-    check_tokens(model, tokens)
+    check_tokens(tokens, model)
     layer, dims, floor = first_massive_layer(found)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     share = torch.zeros(n_layers, n_heads, dtype=torch.float64)
@@ -213,9 +306,7 @@ def _massive_positions(
         held.append(_massive_mask(value, dims, floor).any(-1))
 
     with torch.inference_mode(), stop_at(model, layer + 1):
-        model.run_with_hooks(
-            rows, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", keep)], stop_at_layer=layer + 1
-        )
+        model.run_with_hooks(rows, fwd_hooks=[(resid_post(layer), keep)], stop_at_layer=layer + 1)
     return held[0]
 
 

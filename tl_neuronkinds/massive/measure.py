@@ -16,10 +16,12 @@ def measure_massive(
     batch: int | None = None,
     magnitude: float = MAGNITUDE,
     ratio: float = RATIO,
+    scheme: str = "threshold",
 ) -> Any:
-    """``massive_activations`` over ``tokens``, with the effects where any is massive: the
-    intervention's mean over the first half of the rows, its perplexity over the second half
-    (Sun et al. 2024, §3), and the attention on them over every row (§4)."""
+    """``massive_activations`` over ``tokens`` (pooled, with Sun et al.'s per-sequence means in
+    ``by_sequence``), with the effects where any is massive: the intervention (``scheme`` as
+    ``massive_intervention``'s), its mean over the first half of the rows, its perplexity over
+    the second half (Sun et al. 2024, §3), and the attention on them over every row (§4)."""
     found = massive_activations(
         model, tokens, k, batch_size=batch, magnitude=magnitude, ratio=ratio
     )
@@ -28,7 +30,9 @@ def measure_massive(
     half = max(1, tokens.shape[0] // 2)
     mean_rows, held_out = (tokens[:half], tokens[half:]) if tokens.shape[0] > 1 else (tokens,) * 2
     return found.with_effects(
-        massive_intervention(model, found, held_out, mean_tokens=mean_rows, batch_size=batch),
+        massive_intervention(
+            model, found, held_out, mean_tokens=mean_rows, batch_size=batch, scheme=scheme
+        ),
         massive_attention(model, found, tokens, batch_size=batch),
     )
 

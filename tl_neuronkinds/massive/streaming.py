@@ -9,10 +9,17 @@
   the bin holding each middle value and its rank there. Pass 2 counts the low 16 bits of the
   values in those bins only, which gives each middle value's exact bit pattern. Memory: two
   small histograms per layer, whatever the number of tokens.
+- ``SequenceMeans``: Sun et al.'s per-sequence statistics (their Figure 2 and code): each
+  sequence's top-k magnitudes and its median over its positions x d_model, summed over the
+  sequences in float64 so that their means come out; a sequence's magnitudes are all in one
+  forward, so its median is taken directly (``row_median``).
+
+The median of an even count is the mean of the two middle values (as ``numpy.median``; not
+``torch.median``, which returns the lower one), for the pooled and the per-sequence median alike.
 """
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Float64, Int
 
 from tl_neuronkinds.errors import NeuronKindsError
 
@@ -135,3 +142,43 @@ class MedianCounter:
             bits = torch.tensor([(b << 16) | low], dtype=torch.int32)
             middles.append(float(bits.view(torch.float32)))
         return sum(middles) / len(middles) if self.n % 2 == 0 else middles[-1]
+
+
+def row_median(mag: Float[torch.Tensor, "batch n"]) -> Float64[torch.Tensor, " batch"]:
+    """Each row's median: its middle value, or the mean of its two middle values where ``n`` is
+    even (as ``MedianCounter``), in float64."""
+    n = mag.shape[1]
+    lower = torch.kthvalue(mag, (n - 1) // 2 + 1, dim=1).values.double()
+    upper = torch.kthvalue(mag, n // 2 + 1, dim=1).values.double()
+    return (lower + upper) / 2
+
+
+class SequenceMeans:
+    """Sums over sequences of each sequence's ``k`` largest magnitudes and of its median.
+
+    Attributes:
+        top_sum: ``[k]`` float64, rank r = the sum over sequences of their (r+1)-th largest.
+        median_sum: The sum over sequences of their medians (float64).
+        n: Sequences seen.
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.top_sum = torch.zeros(0, dtype=torch.float64)
+        self.median_sum = 0.0
+        self.n = 0
+
+    def add(self, mag: Float[torch.Tensor, "batch n"]) -> None:
+        """Take a batch of sequences, one row of magnitudes (positions x d_model) each."""
+        top = torch.topk(mag, min(self.k, mag.shape[1]), dim=1, sorted=True).values
+        sums = top.double().sum(0).cpu()
+        self.top_sum = sums if self.n == 0 else self.top_sum + sums
+        self.median_sum += float(row_median(mag).sum())
+        self.n += mag.shape[0]
+
+    def means(self) -> tuple[list[float], float]:
+        """``(top, median)``: the mean over sequences of each rank's magnitude and of the
+        median."""
+        if self.n == 0:
+            raise NeuronKindsError("no sequences were seen")
+        return (self.top_sum / self.n).tolist(), self.median_sum / self.n

@@ -1,13 +1,16 @@
 """Massive activations as HTML: a section for the report (``nk.report(..., massive=...)``) and a
-page of its own (``tl-neuronkinds massive``). Figures are matplotlib SVG (``figures.py``)."""
+page of its own (``tl-neuronkinds massive``). Figures are matplotlib SVG (``plots.py``)."""
 
+import html
 import os
 from pathlib import Path
 
 import pandas as pd
 
+from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.massive.activations import MassiveActivations
-from tl_neuronkinds.present import plots as figures
+from tl_neuronkinds.present import plots
+from tl_neuronkinds.present.render import section_page
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -15,11 +18,26 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def magnitude_series(found: MassiveActivations) -> dict[str, pd.Series]:
-    """Per layer: ``top-1`` .. ``top-k`` magnitudes and the ``median``."""
-    top = found.top.pivot(index="layer", columns="rank", values="magnitude")
-    series = {f"top-{rank + 1}": top[rank] for rank in top.columns}
-    series["median"] = found.median.set_index("layer")["median"]
+    """Per layer, as Sun et al.'s Figure 2: ``top-1`` .. ``top-k`` and ``median``, each the
+    mean over the sequences of that sequence's statistic (``found.by_sequence``)."""
+    table = found.by_sequence
+    if table is None:
+        raise NeuronKindsError("found has no per-sequence table (massive_activations gives it one)")
+    table = table.set_index("layer")
+    ranks = [c for c in table.columns if c.startswith("top_")]
+    series = {f"top-{c.removeprefix('top_')}": table[c] for c in ranks}
+    series["median"] = table["median"]
     return series
+
+
+_TOP_BY = {
+    "pooled": "those of every token pooled, with their places",
+    "sequence": "these means (an average has no one place)",
+}
+
+
+def _n_seq(found: MassiveActivations) -> int:
+    return 0 if found.by_sequence is None else int(found.by_sequence["n_seq"].iloc[0])
 
 
 def massive_section(found: MassiveActivations) -> str:
@@ -30,13 +48,15 @@ def massive_section(found: MassiveActivations) -> str:
         '<section class="nk-massive" id="massive"><h2>Massive activations</h2>',
         f"<p>Sun et al. 2024: hidden states (<code>hook_resid_post</code>) whose magnitude is "
         f"above {found.magnitude:g} and above {found.ratio:g} × their layer's median. "
-        f"{n_massive} of the {len(found.top)} top entries are massive.</p>",
-        figures.magnitude_lines("massive-magnitudes", magnitude_series(found)),
-        "<p><b>Magnitudes by layer</b>: the largest hidden-state magnitudes and the median "
-        "(log scale).</p>",
+        f"Found: {html.escape(found.summary())}.</p>",
+        plots.layer_line("massive-magnitudes", magnitude_series(found), "magnitude |h|", log=True),
+        "<p><b>Magnitudes by layer</b> (log scale), as Sun et al.'s Figure 2: for each "
+        "sequence, its largest hidden-state magnitudes and its median over positions × "
+        f"dimensions, averaged over the {_n_seq(found)} sequences. The top entries below "
+        f"are {_TOP_BY[found.by]}.</p>",
         f"<details><summary>top entries</summary>{_table(found.top)}</details>",
     ]
-    if n_massive:
+    if n_massive and found.by == "pooled":
         parts += [
             f"<h3>Dimensions</h3>{_table(found.dims())}",
             f"<h3>Tokens</h3>{_table(found.tokens())}",
@@ -49,7 +69,7 @@ def massive_section(found: MassiveActivations) -> str:
     if found.attention is not None:
         parts += [
             "<h3>Attention on them (§4)</h3>",
-            figures.head_heatmap(
+            plots.head_heatmap(
                 "massive-attention", found.attention, "share", "attention on massive positions"
             ),
             "<p><b>Attention share</b>: per layer and head, the attention probability on the "
@@ -61,5 +81,5 @@ def massive_section(found: MassiveActivations) -> str:
 
 def massive_page(found: MassiveActivations, out: str | os.PathLike, title: str) -> Path:
     """Write ``massive_section`` as a self-contained HTML page to ``out``, atomically."""
-    figures.require_matplotlib()
-    return figures.section_page(title, massive_section(found), out)
+    plots.require_matplotlib()
+    return section_page(title, massive_section(found), out)
