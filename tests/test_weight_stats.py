@@ -1,5 +1,6 @@
 """Weight statistics (Gurnee et al. 2024): against a numpy / scipy reference on ``transformers``'
-own weights, planted prediction, suppression, entropy and attention-deactivation neurons, the
+own weights (raw and processed), against TransformerLens's own processing (the weights the paper
+used), planted prediction, suppression, entropy and attention-deactivation neurons, the
 attention score against a forward difference, streamed models, post-LN models and bad input."""
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from opt_fixtures import make_tiny_opt, random_tokens
+from opt_fixtures import LAYOUTS, make_tiny_opt, random_tokens
 from safetensors.torch import load_file, save_file
 from tl_models import process_weights
 from transformer_lens.model_bridge import TransformerBridge
@@ -15,7 +16,7 @@ from transformers import OPTForCausalLM
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.universal import weights
+from tl_neuronkinds.universal import weight_views
 from tl_neuronkinds.universal.weights import COLUMNS, SCORE_COLUMNS
 
 pytestmark = [
@@ -23,11 +24,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*has no tokenizer files:UserWarning"),
 ]
 
-LAYOUTS = {
-    "pre-ln": {},
-    "350m-style": {"post_ln": True, "proj_dim": 16},
-    "pre-ln-projected": {"proj_dim": 16},
-}
 N_LAYERS = 3
 PAD = 1
 
@@ -53,37 +49,79 @@ def checkpoints(tmp_path_factory):
     return paths
 
 
-def reference(path, layer: int, null_dims: int) -> pd.DataFrame:
-    """The statistics of ``layer``'s neurons in numpy float64 from ``OPTForCausalLM``'s tensors."""
+def _cosines(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``cos(rows[i], columns[:, v])``."""
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)) @ (
+        columns / np.linalg.norm(columns, axis=0)
+    )
+
+
+def _centre(rows: np.ndarray) -> np.ndarray:
+    return rows - rows.mean(axis=-1, keepdims=True)
+
+
+def _moments(cos: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+    return {
+        f"{prefix}_mean": cos.mean(axis=1),
+        f"{prefix}_var": cos.var(axis=1),
+        f"{prefix}_skew": scipy.stats.skew(cos, axis=1),
+        f"{prefix}_kurt": scipy.stats.kurtosis(cos, axis=1, fisher=False),
+        f"{prefix}_max": cos.max(axis=1),
+        f"{prefix}_min": cos.min(axis=1),
+    }
+
+
+def reference(path, layer: int, null_dims: int, weights: str = "raw") -> pd.DataFrame:
+    """The statistics of ``layer``'s neurons in numpy float64 from ``OPTForCausalLM``'s tensors;
+    ``weights="processed"``: ``W_U`` through the transposed readout (every LayerNorm's gain and
+    centring, ``project_out``), centred over the vocabulary, ``W_out`` centred, ``W_in`` times
+    the pre-FFN LayerNorm's gain and centred, ``W_E`` centred (the last two pre-LN only)."""
     hf = OPTForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     decoder = hf.model.decoder
+    pre_ln = hf.config.do_layer_norm_before
     fc1 = decoder.layers[layer].fc1.weight.detach().double().numpy()  # [d_mlp, d_model]
     fc2 = decoder.layers[layer].fc2.weight.detach().double().numpy().T  # [d_mlp, d_model]
     norms = []
-    if not hf.config.do_layer_norm_before:
+    if not pre_ln:
         norms.append(decoder.layers[layer].final_layer_norm)
         for later in decoder.layers[layer + 1 :]:
             norms += [later.self_attn_layer_norm, later.final_layer_norm]
     if decoder.final_layer_norm is not None:
         norms.append(decoder.final_layer_norm)
+    gains = [norm.weight.detach().double().numpy() for norm in norms]
+    project = None if decoder.project_out is None else decoder.project_out.weight.detach()
     d = fc2
-    for norm in norms:
-        d = (d - d.mean(axis=1, keepdims=True)) * norm.weight.detach().double().numpy()
-    if decoder.project_out is not None:
-        d = d @ decoder.project_out.weight.detach().double().numpy().T
+    for g in gains:
+        d = _centre(d) * g
+    if project is not None:
+        d = d @ project.double().numpy().T
     w_u = hf.lm_head.weight.detach().double().numpy().T  # [d_unembed, d_vocab]
-    assert not w_u[:, PAD].any()
-    w_u = np.delete(w_u, PAD, axis=1)
-    cos = (d / np.linalg.norm(d, axis=1, keepdims=True)) @ (w_u / np.linalg.norm(w_u, axis=0))
-    null = np.linalg.svd(w_u)[0][:, -null_dims:]
+    embed = decoder.embed_tokens.weight.detach().double().numpy()
+    if decoder.project_in is not None:
+        embed = embed @ decoder.project_in.weight.detach().double().numpy().T
+    assert not w_u[:, PAD].any() and not embed[PAD].any()
+    reads, writes, unembed = fc1, d, np.delete(w_u, PAD, axis=1)
+    if weights == "processed":
+        folded = w_u.T @ project.double().numpy() if project is not None else w_u.T
+        for g in reversed(gains):
+            folded = _centre(folded * g)
+        unembed = np.delete(_centre(folded.T), PAD, axis=1)  # centred over every token
+        writes = _centre(fc2)
+        if pre_ln:
+            reads = _centre(
+                fc1 * decoder.layers[layer].final_layer_norm.weight.detach().double().numpy()
+            )
+            embed = _centre(embed)
+    embed = np.delete(embed, PAD, axis=0)
+    null = np.linalg.svd(np.delete(w_u, PAD, axis=1))[0][:, -null_dims:]
     null_fraction = np.sum((d @ null) ** 2, axis=1) / np.sum(d**2, axis=1)
     in_norm, out_norm = np.linalg.norm(fc1, axis=1), np.linalg.norm(fc2, axis=1)
+    embedded = _moments(_cosines(reads, embed.T), "embed")
     return pd.DataFrame(
         {
-            "vocab_mean": cos.mean(axis=1),
-            "vocab_var": cos.var(axis=1),
-            "vocab_skew": scipy.stats.skew(cos, axis=1),
-            "vocab_kurt": scipy.stats.kurtosis(cos, axis=1, fisher=False),
+            **_moments(_cosines(writes, unembed), "vocab"),
+            "embed_max": embedded["embed_max"],
+            "embed_mean": embedded["embed_mean"],
             "w_in_norm": in_norm,
             "w_out_norm": out_norm,
             "cos_in_out": np.sum(fc1 * fc2, axis=1) / (in_norm * out_norm),
@@ -93,18 +131,21 @@ def reference(path, layer: int, null_dims: int) -> pd.DataFrame:
     )
 
 
+@pytest.mark.parametrize("weights_kind", ["raw", "processed"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_statistics_equal_a_numpy_reference_on_transformers_weights(layout, checkpoints):
+def test_statistics_equal_a_numpy_reference_on_transformers_weights(
+    layout, weights_kind, checkpoints
+):
     path = checkpoints[layout]
     model = nk.load_opt(path)
-    table = nk.weight_stats(model)
+    table = nk.weight_stats(model, weights=weights_kind)
     assert list(table.columns) == COLUMNS
     d_mlp = model.blocks[0].mlp.W_out.shape[0]
     assert table["layer"].tolist() == np.repeat(range(N_LAYERS), d_mlp).tolist()
     assert table["neuron"].tolist() == list(range(d_mlp)) * N_LAYERS
     null_dims = max(1, round(0.02 * model.W_U.shape[0]))
     for layer in range(N_LAYERS):
-        ref = reference(path, layer, null_dims)
+        ref = reference(path, layer, null_dims, weights_kind)
         part = table[table["layer"] == layer].reset_index(drop=True)
         pd.testing.assert_frame_equal(part[ref.columns], ref, rtol=1e-5, atol=1e-6)
         kurt, skew = part["vocab_kurt"], part["vocab_skew"]
@@ -118,19 +159,63 @@ def test_statistics_equal_a_numpy_reference_on_transformers_weights(layout, chec
     assert table.loc[~undefined, "bos_attention_max"].notna().all()
 
 
+def _transformer_lens_processed(path):
+    """The model as Gurnee et al.'s code loads it: TransformerLens's default processing (float64)."""
+    model = nk.load_opt(path, dtype=torch.float64)
+    process_weights(model, fold_ln=True, center_writing_weights=True, center_unembed=True)
+    return model
+
+
+def test_processed_statistics_equal_transformer_lens_processed_weights(checkpoints):
+    path = checkpoints["pre-ln"]
+    model = nk.load_opt(path)
+    w_u_before = model.W_U.detach().clone()
+    table = nk.weight_stats(model)  # the default: processed
+    pd.testing.assert_frame_equal(table, nk.weight_stats(model, weights="processed"))
+    assert torch.equal(model.W_U, w_u_before)  # computed on copies
+    tl = _transformer_lens_processed(path)
+    w_u = np.delete(tl.W_U.detach().numpy(), PAD, axis=1)
+    w_e = np.delete(tl.W_E.detach().numpy(), PAD, axis=0)
+    pad = tl.W_U[:, PAD].detach().numpy()  # TransformerLens centres over every token
+    np.testing.assert_allclose(w_u.mean(axis=1), -pad / w_u.shape[1], rtol=1e-4, atol=1e-8)
+    for layer in range(N_LAYERS):
+        w_out = tl.blocks[layer].mlp.W_out.detach().numpy()
+        w_in = tl.blocks[layer].mlp.W_in.detach().numpy().T
+        vocab = _moments(_cosines(w_out, w_u), "vocab")
+        embed = _moments(_cosines(w_in, w_e.T), "embed")
+        part = table[table["layer"] == layer].reset_index(drop=True)
+        for column, expect in [*vocab.items(), *embed.items()]:
+            if column in part:
+                np.testing.assert_allclose(part[column], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_processing_twice_changes_nothing(tmp_path):
+    # no zero <pad> column: TransformerLens's centring makes it non-zero, so a processed model
+    # counts it among the tokens
+    path = make_tiny_opt(tmp_path / "whole-vocab", n_layers=N_LAYERS, seed=5, tokenizer=False)
+    table = nk.weight_stats(nk.load_opt(path), partition_ratio=1.0)
+    again = nk.weight_stats(_transformer_lens_processed(path), partition_ratio=1.0)
+    columns = [c for c in COLUMNS if c.startswith(("vocab_", "embed_"))] + ["partition"]
+    assert 0 < table["partition"].sum() < len(table)
+    pd.testing.assert_frame_equal(again[columns], table[columns], rtol=1e-5, atol=1e-6)
+
+
 def test_partition_is_variance_above_a_seeded_random_baseline(checkpoints):
     model = nk.load_opt(checkpoints["pre-ln"])
-    table = nk.weight_stats(model, partition_ratio=1.0, seed=3)
-    pd.testing.assert_frame_equal(table, nk.weight_stats(model, partition_ratio=1.0, seed=3))
-    gen = torch.Generator().manual_seed(3)
-    noise = torch.randn(64, model.W_U.shape[0], generator=gen, dtype=torch.float64).numpy()
-    w_u = np.delete(model.W_U.detach().double().numpy(), PAD, axis=1)
-    cos = (noise / np.linalg.norm(noise, axis=1, keepdims=True)) @ (
-        w_u / np.linalg.norm(w_u, axis=0)
-    )
-    baseline = cos.var(axis=1).mean()
-    assert table["partition"].tolist() == (table["vocab_var"] > baseline).tolist()
-    assert 0 < table["partition"].sum() < len(table)  # ratio 1: about half the random rows
+    tl = _transformer_lens_processed(checkpoints["pre-ln"])
+    for weights_kind, w_u in [
+        ("raw", model.W_U.detach().double().numpy()),
+        ("processed", tl.W_U.detach().numpy()),
+    ]:
+        table = nk.weight_stats(model, partition_ratio=1.0, seed=3, weights=weights_kind)
+        again = nk.weight_stats(model, partition_ratio=1.0, seed=3, weights=weights_kind)
+        pd.testing.assert_frame_equal(table, again)
+        gen = torch.Generator().manual_seed(3)
+        noise = torch.randn(64, model.W_U.shape[0], generator=gen, dtype=torch.float64).numpy()
+        noise = noise if weights_kind == "raw" else _centre(noise)
+        baseline = _cosines(noise, np.delete(w_u, PAD, axis=1)).var(axis=1).mean()
+        assert table["partition"].tolist() == (table["vocab_var"] > baseline).tolist()
+        assert 0 < table["partition"].sum() < len(table)  # ratio 1: about half the random rows
 
 
 def _scores_by_forward_difference(model, layer: int, neuron: int) -> np.ndarray:
@@ -167,6 +252,7 @@ def _scores_by_forward_difference(model, layer: int, neuron: int) -> np.ndarray:
     return np.stack(out) if out else np.empty((0, model.cfg.n_heads))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["pre-ln", "pre-ln-projected"])
 def test_bos_scores_equal_a_forward_difference(layout, checkpoints):
     model = nk.load_opt(checkpoints[layout], dtype=torch.float64)
@@ -203,6 +289,8 @@ def test_planted_prediction_suppression_entropy_and_deactivation_neurons(tmp_pat
         w_out[0] = norm * u / u.norm()
         w_out[1] = -norm * u / u.norm()
         w_out[2] = 2 * norm * null
+        model.blocks[1].ln2.w.fill_(1.0)
+        model.blocks[1].mlp.W_in[:, 3] = 3 * model.W_E[token]  # reads the token's embedding
         _, cache = model.run_with_cache(torch.tensor([[2]]))
         k_bos = cache[f"blocks.{head_layer}.attn.hook_k"][0, 0, head]
         attn, ln1 = model.blocks[head_layer].attn, model.blocks[head_layer].ln1
@@ -211,6 +299,12 @@ def test_planted_prediction_suppression_entropy_and_deactivation_neurons(tmp_pat
         model.blocks[0].mlp.W_out[5] = 2 * norm * target / target.norm()
     table = nk.weight_stats(model, null_dims=1)
     stats = table[table["layer"] == 1].set_index("neuron")
+    for embed_max in (
+        stats["embed_max"],
+        nk.weight_stats(model, layers=1, weights="raw")["embed_max"],
+    ):
+        np.testing.assert_allclose(embed_max[3], 1.0, rtol=1e-6)
+        assert (embed_max.drop(3) < 0.99).all()
     assert stats.loc[0, "prediction"] and not stats.loc[0, "suppression"]
     assert stats.loc[0, "vocab_kurt"] > 10 and stats.loc[0, "vocab_skew"] > 0
     assert stats.loc[1, "suppression"] and not stats.loc[1, "prediction"]
@@ -226,15 +320,16 @@ def test_planted_prediction_suppression_entropy_and_deactivation_neurons(tmp_pat
     np.testing.assert_allclose(row["bos_attention_max"], that_head["score"].max())
 
 
+@pytest.mark.parametrize("weights_kind", ["raw", "processed"])
 @pytest.mark.parametrize("layout", ["pre-ln", "350m-style"])
-def test_streamed_models_give_identical_tables(layout, checkpoints, monkeypatch):
-    resident = nk.weight_stats(nk.load_opt(checkpoints[layout]))
+def test_streamed_models_give_identical_tables(layout, weights_kind, checkpoints, monkeypatch):
+    resident = nk.weight_stats(nk.load_opt(checkpoints[layout]), weights=weights_kind)
     streamed = nk.load_opt(checkpoints[layout], offload="cpu")
-    pd.testing.assert_frame_equal(nk.weight_stats(streamed), resident)
-    monkeypatch.setattr(weights, "CHUNK_ELEMENTS", 3 * 96)  # three neurons a chunk: float32
-    # products summed in another order, so equal to float32 precision
+    pd.testing.assert_frame_equal(nk.weight_stats(streamed, weights=weights_kind), resident)
+    monkeypatch.setattr(weight_views, "CHUNK_ELEMENTS", 3 * 96)  # three neurons (tokens) a
+    # chunk: float32 products summed in another order, so equal to float32 precision
     pd.testing.assert_frame_equal(
-        nk.weight_stats(streamed, layers=[2, 0]),
+        nk.weight_stats(streamed, layers=[2, 0], weights=weights_kind),
         resident[resident["layer"] != 1].reset_index(drop=True),
         rtol=1e-5,
         atol=1e-6,
@@ -243,9 +338,9 @@ def test_streamed_models_give_identical_tables(layout, checkpoints, monkeypatch)
 
 def test_centred_writing_weights_keep_the_vocabulary_statistics(checkpoints):
     model = nk.load_opt(checkpoints["pre-ln"])
-    before = nk.weight_stats(model)
+    before = nk.weight_stats(model, weights="raw")
     process_weights(model, fold_ln=False, center_writing_weights=True, center_unembed=False)
-    after = nk.weight_stats(model)
+    after = nk.weight_stats(model, weights="raw")
     columns = ["vocab_mean", "vocab_var", "vocab_skew", "vocab_kurt", "null_fraction"]
     pd.testing.assert_frame_equal(after[columns], before[columns], rtol=1e-5, atol=1e-7)
 
@@ -264,6 +359,8 @@ def test_post_ln_models_have_no_bos_scores(checkpoints):
         ({"partition_ratio": float("nan")}, "partition_ratio"),
         ({"null_dims": 0}, "null_dims"),
         ({"null_dims": 32}, "null_dims"),
+        ({"weights": "folded"}, "weights"),
+        ({"weights": "Processed"}, "weights"),
     ],
 )
 def test_bad_input_is_named(kwargs, message, checkpoints):
@@ -284,3 +381,9 @@ def test_non_finite_weights_are_named(checkpoints):
         model.unembed.W_U[3, 5] = float("inf")
     with pytest.raises(NeuronKindsError, match="W_U"):
         nk.weight_stats(model)
+    model = nk.load_opt(checkpoints["pre-ln"])
+    with torch.no_grad():
+        model.embed.W_E[3, 5] = float("nan")
+    for weights_kind in ("raw", "processed"):
+        with pytest.raises(NeuronKindsError, match="W_E"):
+            nk.weight_stats(model, weights=weights_kind)

@@ -1,5 +1,5 @@
 """Weight statistics of FFN neurons (Gurnee et al. 2024, "Universal Neurons in GPT2 Language
-Models", arXiv 2401.12181; SPEC.md, "Universal neurons (UN)").
+Models", arXiv 2401.12181; docs/kinds.md, "Universal neurons").
 
 Gurnee et al. describe universal neurons by statistics of their weights alone (§4.1) and find
 three functional roles in them (§5): *prediction, suppression and partition* neurons (§5.1),
@@ -17,8 +17,11 @@ Neuron (l, i) writes ``W_out[l][i]`` to the residual stream; its *readout direct
 ``d_i = readout(model, l).apply(W_out[l][i])`` (``[d_unembed]``) is that row through the linear
 part of what lies between it and ``W_U`` (the LayerNorms' centring and gains, ``project_out``;
 ``tl_neuronkinds.vocab.readout``), so weights as the checkpoint holds them and TransformerLens's
-``center_writing_weights`` agree. ``fold_ln`` moves the final gain into ``W_U``, which leaves the
-scores ``d_i @ W_U`` alone but changes the cosines below.
+``center_writing_weights`` agree. ``fold_ln`` moves the final gain into ``W_U`` and
+``center_unembed`` centres ``W_U`` over the vocabulary: the logits stay, the cosines change.
+Gurnee et al. computed on weights processed that way, and so does ``weight_stats`` by default
+(``weights="processed"``; ``tl_neuronkinds.universal.weight_views``); ``weights="raw"`` compares
+``d_i`` with ``W_U`` as held.
 """
 
 import math
@@ -30,8 +33,20 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
+from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.streaming import loaded_block
+from tl_neuronkinds.recording.settings import OPT_BOS_TOKEN_ID
+from tl_neuronkinds.universal.weight_views import (
+    centre,
+    check_weights,
+    cosine_stats,
+    embed_unit,
+    reading,
+    unembed_unit,
+    vocab_mask,
+    writing,
+)
 from tl_neuronkinds.vocab.readout import (
     check_layer,
     check_neurons,
@@ -50,10 +65,6 @@ BASELINE_DIRECTIONS = 64
 #: Default null space: this share of ``d_unembed`` (Stolfo et al. 2024 use the last ~2% of
 #: ``W_U``'s singular vectors; at least one).
 NULL_SHARE = 0.02
-#: OPT's BOS (``</s>``), used when the model has no tokenizer.
-OPT_BOS = 2
-#: Cosines held at once: a chunk of neurons times ``vocab`` (float64 moments: 32 MiB each).
-CHUNK_ELEMENTS = 1 << 22
 COLUMNS = [
     "layer",
     "neuron",
@@ -61,6 +72,10 @@ COLUMNS = [
     "vocab_var",
     "vocab_skew",
     "vocab_kurt",
+    "vocab_max",
+    "vocab_min",
+    "embed_max",
+    "embed_mean",
     "w_in_norm",
     "w_out_norm",
     "cos_in_out",
@@ -79,38 +94,6 @@ _POST_LN = (
     "addition, so a neuron's output reaches later heads only through a LayerNorm that depends "
     "on the whole residual stream: the attention-to-BOS score of a pre-LN block does not apply"
 )
-
-
-def _unit_vocab(w_u: torch.Tensor) -> Float[torch.Tensor, "d_unembed vocab"]:
-    """``W_U``'s non-zero columns, each scaled to unit length (float32)."""
-    if not finite(w_u):
-        raise NeuronKindsError("W_U holds NaN or infinite values")
-    kept = w_u[:, (w_u != 0).any(dim=0)].to(torch.float32)
-    return kept / kept.norm(dim=0, keepdim=True)
-
-
-def _moments(
-    directions: Float[torch.Tensor, "n d_unembed"], unit: Float[torch.Tensor, "d_unembed vocab"]
-) -> Float[torch.Tensor, "n 4"]:
-    """Mean, variance, skew and kurtosis of ``cos(d_i, W_U[:, v])`` over ``vocab`` per row.
-
-    Population moments in float64 (variance ddof 0, skew ``m3 / m2**1.5``, Pearson's kurtosis
-    ``m4 / m2**2``); the cosines are a float32 product, a chunk of rows at a time. A zero row has
-    no direction: NaN.
-    """
-    out = torch.empty(directions.shape[0], 4, dtype=torch.float64)
-    step = max(1, CHUNK_ELEMENTS // unit.shape[1])
-    for start in range(0, directions.shape[0], step):
-        rows = directions[start : start + step]
-        cos = ((rows / rows.norm(dim=1, keepdim=True)).to(unit) @ unit).double()
-        mean = cos.mean(dim=1, keepdim=True)
-        centred = cos - mean
-        square = centred * centred
-        m2, m3, m4 = (x.mean(dim=1) for x in (square, square * centred, square * square))
-        out[start : start + step] = torch.stack(
-            [mean[:, 0], m2, m3 / m2**1.5, m4 / m2**2], dim=1
-        ).cpu()
-    return out
 
 
 def _null_basis(w_u: torch.Tensor, null_dims: int) -> Float[torch.Tensor, "d_unembed null_dims"]:
@@ -136,7 +119,7 @@ def _later_heads(model: Any, first: int) -> dict[int, Float[torch.Tensor, "n_hea
         return {}
     tokenizer = getattr(model, "tokenizer", None)
     bos = getattr(tokenizer, "bos_token_id", None)
-    bos = OPT_BOS if bos is None else bos
+    bos = OPT_BOS_TOKEN_ID if bos is None else bos  # the model has no tokenizer
     names = {f"blocks.{m}.hook_resid_pre" for m in range(first, model.cfg.n_layers)}
     with torch.no_grad():
         tokens = torch.tensor([[bos]], device=model.W_U.device)
@@ -248,11 +231,20 @@ def _check_settings(
         raise NeuronKindsError(f"partition_ratio must be finite and > 0, got {partition_ratio!r}")
     d_unembed = model.W_U.shape[0]
     dims = max(1, round(NULL_SHARE * d_unembed)) if null_dims is None else null_dims
-    if isinstance(dims, bool) or not isinstance(dims, int | np.integer) or not 0 < dims < d_unembed:
-        raise NeuronKindsError(
-            f"null_dims must be an integer in 1..{d_unembed - 1}, got {null_dims!r}"
-        )
-    return wanted, float(partition_ratio), int(dims)
+    dims = check_int("null_dims", dims, low=1, high=d_unembed - 1)
+    return wanted, float(partition_ratio), dims
+
+
+def _vocab_frame(model: Any, layer: int, weights: str, seed: int) -> tuple[torch.Tensor, float]:
+    """The unit unembedding ``layer``'s neurons are compared with (``weight_views.unembed_unit``)
+    and the partition baseline on it: the mean variance of the cosines of
+    ``BASELINE_DIRECTIONS`` Gaussian directions (seeded; centred over ``d_model`` like the
+    processed writing directions)."""
+    unit = unembed_unit(readout(model, layer), weights)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(BASELINE_DIRECTIONS, unit.shape[0], generator=gen, dtype=torch.float64)
+    noise = noise if weights == "raw" else centre(noise)
+    return unit, float(cosine_stats(noise.to(unit.device), unit)[:, 1].mean())
 
 
 def weight_stats(
@@ -262,33 +254,43 @@ def weight_stats(
     partition_ratio: float = 5.0,
     null_dims: int | None = None,
     seed: int = 0,
+    weights: str = "processed",
 ) -> pd.DataFrame:
     """Per neuron, the weight statistics of Gurnee et al. 2024 (§4.1, §5; see the module
-    docstring for ``d_i``).
+    docstring for ``d_i``, and ``tl_neuronkinds.universal.weight_views`` for ``weights``).
 
     - ``vocab_mean``, ``vocab_var``, ``vocab_skew``, ``vocab_kurt``: population moments over
-      ``vocab`` of ``cos(d_i, W_U[:, v])`` (float64; skew ``m3 / m2**1.5``, Pearson's kurtosis
-      ``m4 / m2**2``, 3 for a normal distribution), as UN's code computes them (§4.1).
+      ``vocab`` of the cosines of the neuron's writing direction with each token's unembedding
+      (float64; skew ``m3 / m2**1.5``, Pearson's kurtosis ``m4 / m2**2``, 3 for a normal
+      distribution), as UN's code computes them (§4.1); ``vocab_max`` / ``vocab_min`` the
+      largest / smallest of those cosines. ``weights="processed"`` (default, the paper's):
+      ``cos(centre(W_out[l][i]), M[:, v])``, ``M`` the unembedding as TransformerLens's
+      ``fold_ln``, ``center_writing_weights`` and ``center_unembed`` leave it;
+      ``weights="raw"``: ``cos(d_i, W_U[:, v])``, ``W_U`` as held.
+    - ``embed_max``, ``embed_mean``: the largest and the mean over the tokens of the cosines of
+      the neuron's reading direction ``W_in[l][:, i]`` with each token's embedding (``W_E`` row,
+      in ``d_model``; processed: ``W_in`` times ``ln2``'s gain and both centred over
+      ``d_model`` in pre-LayerNorm models), the tokens whose embedding is not all zeros.
     - ``prediction`` / ``suppression``: ``vocab_kurt > 10`` and ``vocab_skew`` > 0 / < 0
       (§5.1: a heavy tail of tokens the neuron promotes / suppresses).
     - ``partition``: ``vocab_var > partition_ratio * baseline`` (§5.1: the neuron splits the
       vocabulary into a promoted and a suppressed part), the baseline being the mean
-      ``vocab_var`` of 64 random Gaussian directions in ``d_unembed`` (seeded by ``seed``):
-      what a direction without vocabulary structure gets on this ``W_U``.
+      ``vocab_var`` of 64 random Gaussian directions (seeded by ``seed``; centred over
+      ``d_model`` when processed): what a direction without vocabulary structure gets.
     - ``w_in_norm = ||W_in[:, i]||``, ``w_out_norm = ||W_out[i, :]||``, ``cos_in_out`` their
-      cosine: the model's weights as held, in ``d_model`` (§4.1).
+      cosine: the model's weights as held, in ``d_model`` (§4.1), for either ``weights``.
     - ``null_fraction = ||P d_i||**2 / ||d_i||**2``, ``P`` the projection onto ``W_U``'s
       effective null space: the span of its ``null_dims`` left singular vectors with the
       smallest singular values; ``entropy_score = w_out_norm * null_fraction`` (§5.2; Stolfo
       et al. 2024: a large output the logits barely see, which changes the final LayerNorm's
-      scale and so the entropy of the prediction).
+      scale and so the entropy of the prediction). ``W_U`` as held, for either ``weights``.
     - ``bos_attention_max``: the largest ``bos_attention_scores`` score over the heads of later
       blocks, at ``bos_attention_layer`` / ``bos_attention_head`` (§5.3); NaN / -1 in the last
       layer, and for post-LayerNorm models (OPT-350m), where a neuron's output reaches later
       heads only through LayerNorms of the whole residual stream.
 
-    A neuron whose ``d_i`` is zero has no direction: its vocabulary moments and null fraction
-    are NaN, and it is no prediction, suppression or partition neuron.
+    A neuron whose writing direction is zero has none: its vocabulary statistics and null
+    fraction are NaN, and it is no prediction, suppression or partition neuron.
 
     Args:
         model: A HookedTransformer or TransformerBridge of OPT (``load_opt``; streamed models
@@ -297,31 +299,40 @@ def weight_stats(
         partition_ratio: How many times the random baseline ``vocab_var`` must be exceeded.
         null_dims: Dimension of the null space (default ``max(1, round(0.02 * d_unembed))``).
         seed: Seed of the baseline's random directions.
+        weights: ``"processed"`` (TransformerLens's default processing, as Gurnee et al.) or
+            ``"raw"`` (the weights as held); either way the model is left unchanged.
 
     Returns:
         One row per (layer, neuron), columns ``COLUMNS``.
 
     Raises:
-        NeuronKindsError: A layer out of range, bad ``partition_ratio`` or ``null_dims``,
-            non-finite weights.
+        NeuronKindsError: A layer out of range, bad ``partition_ratio``, ``null_dims`` or
+            ``weights``, non-finite weights.
     """
     wanted, ratio, dims = _check_settings(model, layers, partition_ratio, null_dims)
+    weights = check_weights(weights)
     w_u = model.W_U.detach()
-    unit = _unit_vocab(w_u)
+    vocab_mask(w_u)  # W_U checked before anything is computed
     null = _null_basis(w_u, dims).to(w_u.device)
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(BASELINE_DIRECTIONS, w_u.shape[0], generator=gen, dtype=torch.float64)
-    baseline = float(_moments(noise.to(w_u.device), unit)[:, 1].mean())
+    embed = embed_unit(model, weights)
     readers = {} if _post_ln(model) or not wanted else _later_heads(model, wanted[0] + 1)
+    per_layer = _post_ln(model) and weights == "processed"  # R differs from layer to layer
+    frame: tuple[torch.Tensor, float] | None = None
     tables = []
     for layer in wanted:
+        if frame is None or per_layer:
+            frame = _vocab_frame(model, layer, weights, seed)
+        unit, baseline = frame
         with loaded_block(model, layer):
-            mlp = model.blocks[layer].mlp
-            w_in, w_out = mlp.W_in.detach().double(), mlp.W_out.detach().double()
+            block = model.blocks[layer]
+            w_in, w_out = block.mlp.W_in.detach().double(), block.mlp.W_out.detach().double()
+            if not (finite(w_in) and finite(w_out)):
+                raise NeuronKindsError(
+                    f"W_in[{layer}] or W_out[{layer}] holds NaN or infinite values"
+                )
             directions = readout(model, layer).apply(w_out)
-        if not (finite(w_in) and finite(w_out)):
-            raise NeuronKindsError(f"W_in[{layer}] or W_out[{layer}] holds NaN or infinite values")
-        moments = _moments(directions, unit)
+            moments = cosine_stats(writing(directions, w_out, weights), unit)
+            embedded = cosine_stats(reading(model, block, w_in, weights), embed.to(w_in.device))
         in_norm, out_norm = w_in.norm(dim=0).cpu(), w_out.norm(dim=1).cpu()
         null_fraction = ((directions @ null).square().sum(1) / directions.square().sum(1)).cpu()
         n = d_mlp_of(model)
@@ -343,6 +354,10 @@ def weight_stats(
                     "vocab_var": moments[:, 1].numpy(),
                     "vocab_skew": skew.numpy(),
                     "vocab_kurt": kurt.numpy(),
+                    "vocab_max": moments[:, 4].numpy(),
+                    "vocab_min": moments[:, 5].numpy(),
+                    "embed_max": embedded[:, 4].numpy(),
+                    "embed_mean": embedded[:, 0].numpy(),
                     "w_in_norm": in_norm.numpy(),
                     "w_out_norm": out_norm.numpy(),
                     "cos_in_out": (
