@@ -19,8 +19,8 @@ Usage::
     python benchmarks/record.py --tokens 262144 --variants two-pass no-reviews
 
 The model is the embedded one (``tl_neuronkinds/data/embedded_model``) or, with ``--size``, a
-random checkpoint of that OPT shape (``../shared/data/opt-configs.json``) with OPT's tokenizer
-(``../shared/data/opt-tokenizer``); tokens are the embedded corpus's train split, packed at
+random checkpoint of that OPT shape (from a JSON of OPT configs, ``CONFIGS``) with OPT's
+tokenizer (``OPT_TOKENIZER``); tokens are the embedded corpus's train split, packed at
 ``--seq-len`` (default: the model's context).
 """
 

@@ -14,7 +14,7 @@ block, so "disk" reads come from the page cache unless the machine has evicted t
 
 Examples::
 
-    # the GPU figure: OPT-1.3b shape, 64k tokens per forward, fp16
+    # the GPU figure: OPT-1.3b shape, 64k tokens per forward, fp16
     python benchmarks/streaming.py --size opt-1.3b --tokens 65536 --seq-len 2048 --device cuda
     # a CPU run that finishes in minutes on 1-2 threads
     python benchmarks/streaming.py --size opt-125m --tokens 2048 --seq-len 256 --threads 1

@@ -2,7 +2,7 @@
 and its memory against a full cross-correlation accumulator.
 
 Two models of one shape and tokenizer: the embedded model and its seed 1 (default), or a random
-checkpoint of a real OPT shape (``--size``, ``../shared/data/opt-configs.json``) with OPT's
+checkpoint of a real OPT shape (``--size``, from a JSON of OPT configs, ``CONFIGS``) with OPT's
 tokenizer, loaded twice (the work does not depend on the weights' values). In one process,
 side by side:
 

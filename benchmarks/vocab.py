@@ -1,7 +1,7 @@
 """Benchmark: ``nk.vocab_projection`` of a whole layer (every neuron's top-k and bottom-k tokens).
 
-A random checkpoint of a real OPT shape (``../shared/data/opt-configs.json``; ``--layers`` blocks,
-default 1) with OPT's tokenizer (``../shared/data/opt-tokenizer``, when present) is written to a
+A random checkpoint of a real OPT shape (from a JSON of OPT configs, ``CONFIGS``; ``--layers`` blocks,
+default 1) with OPT's tokenizer (``OPT_TOKENIZER``, when present) is written to a
 temporary directory and loaded with ``nk.load_opt``. Timed in this process, in ``--repeats``
 rounds of every case in turn after a warm-up round (best and median reported):
 

@@ -10,8 +10,8 @@ Run it as a script or cell by cell in a notebook (each ``# %%`` starts a cell).
 """
 
 # %% Load OPT-125m for TransformerLens: weights as the checkpoint has them (no LayerNorm folding,
-# SPEC "Terms"). offload="cpu" keeps the blocks in CPU memory and moves one at a time to the
-# device, as the paper did for OPT-66b on one GPU; on a CPU-only machine it costs nothing.
+# docs/kinds.md, "Terms"). offload="cpu" keeps the blocks in CPU memory and moves one at a time to
+# the device, as the paper did for OPT-66b on one GPU; on a CPU-only machine it costs nothing.
 import os
 import tempfile
 

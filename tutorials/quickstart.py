@@ -32,7 +32,7 @@ detectors = table[table.token_detector | table.ngram_detector_2 | table.ngram_de
 print(detectors[["layer", "neuron", "evidence", "trigger_n", "triggers"]].head(10).to_string())
 
 # %% Bigram and trigram coverage are exact up to the n-gram cap (50); above it they are
-# "censored": proven to exceed the cap without their counts (SPEC.md, "The n-gram cap").
+# "censored": proven to exceed the cap without their counts (docs/kinds.md, "The n-gram cap").
 print(table.groupby("layer")["k95_3_status"].value_counts().unstack(fill_value=0))
 
 # %% Re-classify with other cut-offs, without the model: a looser detector (k95 <= 10, 90%).
