@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opt_fixtures import make_tiny_opt
 from recording_reference import random_tokens, tiny_model
-from tl_models import is_bridge, position_rows
+from tl_models import is_bridge, position_rows, untie_unembedding
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.massive.activations import TOP_COLUMNS
@@ -284,6 +284,7 @@ def planted_two(tmp_path_factory):
     dimension 3, so the rows holding token 5 have their top-1 past the first token."""
     path = make_tiny_opt(tmp_path_factory.mktemp("planted_two") / "ckpt", n_layers=3, vocab=61)
     model = nk.load_opt(path, device="cpu")
+    untie_unembedding(model)
     with torch.no_grad():
         position_rows(model)[0, 7] = 5000.0
         model.embed.W_E[5, 3] = 9000.0

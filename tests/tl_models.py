@@ -60,3 +60,23 @@ def position_rows(model: Any) -> Any:
     (Hugging Face's OPT keeps two unused rows first, ``offset``; TransformerLens drops them)."""
     offset = getattr(getattr(model.pos_embed, "original_component", None), "offset", 0)
     return model.pos_embed.W_pos[offset:]
+
+
+def mlp_b_out(mlp: Any) -> Any:
+    """An MLP's output bias ``b_out`` (``[d_model]``), as a view that edits the model: a
+    HookedTransformer's ``b_out``; on a 4.x bridge, which has no such alias, the bias of the
+    wrapped output linear map."""
+    if hasattr(mlp, "b_out"):
+        return mlp.b_out
+    return mlp._original_component.fc_out._original_component.bias
+
+
+def untie_unembedding(model: Any) -> None:
+    """OPT ties its unembedding to the token embedding. TransformerLens 4.x's bridge keeps the
+    tie (3.9 copies the weights), so a value a test plants in ``W_E`` would land in ``W_U`` too:
+    give the unembedding its own copy (a no-op where it has one)."""
+    import torch
+
+    head = getattr(model.unembed, "original_component", None)
+    if head is not None and head.weight.data_ptr() == model.embed.W_E.data_ptr():
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
