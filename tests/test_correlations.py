@@ -2,6 +2,7 @@
 activations, however tiled and batched; the rotated baseline against an explicit rotation; a
 model whose neurons are a permutation of another's matched exactly; bad input refused."""
 
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -102,6 +103,13 @@ def test_correlations_and_baseline_equal_corrcoef_however_tiled(models, memory, 
     assert [len(t) for t in table["top_corr"]] == [4 if ok else 0 for ok in alive]
     assert all(np.all(np.diff(t) <= 0) for t in table["top_corr"])
     assert not table.loc[~alive, "universal"].any()
+    # Gurnee et al.'s summary of each row: its mean and standard deviation over B.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        full = np.corrcoef(acts_a.T, acts_b.T)[: 3 * 24, 3 * 24 :]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the dead neuron's row: all NaN
+        np.testing.assert_allclose(table["corr_mean"], np.nanmean(full, 1), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(table["corr_std"], np.nanstd(full, 1), rtol=0, atol=1e-12)
 
 
 def run_chunks(positions: int, tile: int) -> list[slice]:

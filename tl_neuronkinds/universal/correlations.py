@@ -25,7 +25,7 @@ import torch
 from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.universal.passes import CorrelationPasses, NeuronColumns, prepare_passes
-from tl_neuronkinds.universal.sums import TopMatches
+from tl_neuronkinds.universal.sums import TopMatches, row_moments
 
 #: Gurnee et al. §3: universal neurons have an excess correlation above 0.5.
 EXCESS = 0.5
@@ -50,6 +50,8 @@ COLUMNS = [
     "top_corr",
     "top_layer",
     "top_neuron",
+    "corr_mean",
+    "corr_std",
 ]
 
 
@@ -93,8 +95,10 @@ def neuron_correlations(
     Returns:
         One row per neuron of A (chosen layers): ``layer``, ``neuron``, ``max_corr``,
         ``match_layer``, ``match_neuron`` (its best match in B), ``baseline_max_corr``,
-        ``excess``, ``universal``, and ``top_corr``, ``top_layer``, ``top_neuron`` (lists,
-        best first). Correlations with a constant neuron (a dead one, say) are undefined and
+        ``excess``, ``universal``, ``top_corr``, ``top_layer``, ``top_neuron`` (lists,
+        best first; ``k=5`` gives the top 5 of Gurnee et al.'s summary), and ``corr_mean`` and
+        ``corr_std``: the mean and population standard deviation of the neuron's correlations
+        with every (non-constant) neuron of B. Correlations with a constant neuron (a dead one, say) are undefined and
         left out; a neuron of A that is constant has NaN throughout. Deterministic for a seed.
 
     Raises:
@@ -114,12 +118,16 @@ def neuron_correlations(
             f"needs {_TILE_BYTES * passes.b.size}"
         )
     passes.cache = cache if tile < passes.a.size else 0  # one pass keeps nothing
-    best, baseline = [], []
+    best, baseline, moments = [], [], []
     for _, corr, rotated in passes.tiles(tile):
         assert rotated is not None
+        moments.append(row_moments(corr))  # before TopMatches.of overwrites corr's NaNs
         best.append(TopMatches.of(corr, k))
         baseline.append(TopMatches.of(rotated, 1).values[:, 0])
-    return _table(passes, best, torch.cat(baseline), threshold)
+    summary = [torch.cat(parts).cpu().numpy() for parts in zip(*moments, strict=True)]
+    return _table(passes, best, torch.cat(baseline), threshold).assign(
+        corr_mean=summary[0], corr_std=summary[1]
+    )
 
 
 def _table(
@@ -147,7 +155,7 @@ def _table(
             "top_layer": [list(m[d]) for m, d in zip(match_layer, defined)],
             "top_neuron": [list(m[d]) for m, d in zip(match_neuron, defined)],
         },
-        columns=COLUMNS,
+        columns=COLUMNS[:-2],
     )
 
 

@@ -70,3 +70,27 @@ class TopMatches:
         ranked = corr.nan_to_num_(nan=-torch.inf)
         values, columns = torch.topk(ranked, min(k, corr.shape[1]), dim=1, sorted=True)
         return cls(values.where(values > -torch.inf, torch.nan), columns)
+
+
+#: Rows of a tile summarised at once (``row_moments``): a few temporaries of this many rows.
+SUMMARY_ROWS = 256
+
+
+def row_moments(
+    corr: Float[torch.Tensor, "tile n_b"],
+) -> tuple[Float[torch.Tensor, " tile"], Float[torch.Tensor, " tile"]]:
+    """Each row's mean and population standard deviation over its defined (non-NaN)
+    correlations, as Gurnee et al.'s code summarises a neuron's correlations with the other
+    model's neurons; NaN for a row with none. Float64, a few hundred rows at a time so that no
+    temporary of the tile's size is made."""
+    mean = torch.empty(corr.shape[0], dtype=torch.float64, device=corr.device)
+    std = torch.empty_like(mean)
+    for start in range(0, corr.shape[0], SUMMARY_ROWS):
+        rows = corr[start : start + SUMMARY_ROWS].double()
+        defined = ~rows.isnan()
+        n = defined.sum(dim=1)
+        centre = rows.nansum(dim=1) / n
+        spread = torch.where(defined, rows - centre[:, None], 0.0)
+        mean[start : start + rows.shape[0]] = centre
+        std[start : start + rows.shape[0]] = ((spread * spread).sum(dim=1) / n).sqrt()
+    return mean, std
