@@ -12,7 +12,7 @@ from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.recording.plan import Plan
 from tl_neuronkinds.recording.profile import NeuronProfile
-from tl_neuronkinds.recording.progress import Progress
+from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.recorder import NeuronRecorder
 
 #: Tokens per forward when batch_size is None: the paper's 64k-token chunks on a GPU; less on a CPU.

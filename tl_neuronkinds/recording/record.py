@@ -54,7 +54,7 @@ from tl_neuronkinds.recording.plan import (
     unknown_plan,
 )
 from tl_neuronkinds.recording.profile import NeuronProfile
-from tl_neuronkinds.recording.progress import Progress
+from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.recorder import NeuronRecorder, check_layers, tokens_digest
 from tl_neuronkinds.recording.settings import (
     DEFAULT_CAP,

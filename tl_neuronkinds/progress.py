@@ -1,4 +1,4 @@
-"""Progress of a recording: one bar for the whole run, whoever is watching.
+"""Progress of long work (a recording, a measurement, a report): one display, whoever is watching.
 
 A terminal or a notebook gets a ``tqdm.auto`` bar; a log (stderr not a terminal: a batch job,
 CI, ``2> file``) gets a plain line every ``_LINE_SECONDS`` seconds and one at the end, never a
