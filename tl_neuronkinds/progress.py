@@ -27,10 +27,13 @@ class Progress:
         total: Tokens the whole run will process (every pass included).
         initial: Tokens already done (a resumed run).
         enabled: True / False, or None for "unless quiet was asked" (the default shows).
+        unit: What is counted (``tok`` for tokens, ``step`` for named steps, ...).
     """
 
-    def __init__(self, total: int, *, initial: int = 0, enabled: bool | None = None) -> None:
-        self.total, self.done = total, initial
+    def __init__(
+        self, total: int, *, initial: int = 0, enabled: bool | None = None, unit: str = "tok"
+    ) -> None:
+        self.total, self.done, self.unit = total, initial, unit
         self.enabled = enabled is not False
         self.phase = "record"
         self._bar: Any = None
@@ -39,7 +42,7 @@ class Progress:
         self._last_line = self._start
         if self.enabled and _watched():
             self._bar = tqdm(
-                total=total, initial=initial, unit="tok", unit_scale=True, desc=self.phase
+                total=total, initial=initial, unit=unit, unit_scale=unit == "tok", desc=self.phase
             )
 
     def set_phase(self, phase: str) -> None:
@@ -77,8 +80,8 @@ class Progress:
         rate = (self.done - self._start_done) / max(now - self._start, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("nan")
         print(
-            f"{self.phase}: {self.done:,}/{self.total:,} tokens "
-            f"({100 * self.done / max(self.total, 1):.0f}%), {rate:,.0f} tok/s, "
+            f"{self.phase}: {self.done:,}/{self.total:,} {self.unit} "
+            f"({100 * self.done / max(self.total, 1):.0f}%), {rate:,.0f} {self.unit}/s, "
             f"{left:,.0f} s left",
             file=sys.stderr,
             flush=True,
