@@ -113,7 +113,95 @@ def test_from_files_errors_name_the_path(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(NeuronKindsError, match=r"latin1\.txt: not valid UTF-8"):
+        Corpus.from_files(bad)  # a file named explicitly must be text
+    with pytest.raises(NeuronKindsError, match=r"glob .* holds no text file: 1 skipped .*latin1"):
         Corpus.from_files([tmp_path / "*.txt"])
+
+
+def _mixed_folder(root: Path) -> Path:
+    """A folder of two text files and three that are not text: gzip, PNG-like, latin-1."""
+    import gzip
+
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha", encoding="utf-8")
+    (root / "sub" / "b.md").write_text("beta", encoding="utf-8")
+    (root / "c.txt.gz").write_bytes(gzip.compress(b"gamma" * 100, mtime=0))
+    (root / "d.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    (root / "sub" / "e.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+    return root
+
+
+def test_folders_skip_binary_and_undecodable_files(tmp_path):
+    docs = _mixed_folder(tmp_path / "docs")
+    corpus = Corpus.from_files(docs)
+    assert list(corpus) == ["alpha", "beta"]
+    assert [p.relative_to(docs).as_posix() for p in corpus.skipped] == [
+        "c.txt.gz",
+        "d.png",
+        "sub/e.txt",
+    ]
+    assert "2 files; 3 skipped as not text: 2 binary, 1 not UTF-8)" in corpus.description
+    assert "files_skipped=3" in repr(corpus)
+    assert corpus.shard(0, 2).skipped == corpus.skipped  # a shard keeps the record
+    assert Corpus.from_texts(["x"]).skipped == ()
+    # A glob entry finds files too: those that are not text are skipped the same way.
+    by_glob = Corpus.from_files(str(docs / "**" / "*"))
+    assert list(by_glob) == ["alpha", "beta"] and len(by_glob.skipped) == 3
+    # Named explicitly, a file that is not text is an error naming it.
+    with pytest.raises(NeuronKindsError, match=r"d\.png: a binary file"):
+        Corpus.from_files([docs, docs / "d.png"])
+    with pytest.raises(NeuronKindsError, match=r"e\.txt: not valid UTF-8 text"):
+        Corpus.from_files(docs / "sub" / "e.txt")
+
+
+def test_a_folder_with_no_text_file_is_an_error_naming_what_was_skipped(tmp_path):
+    docs = _mixed_folder(tmp_path / "docs")
+    for name in ("a.txt", "sub/b.md"):
+        (docs / name).unlink()
+    message = r"folder .*docs holds no text file: 3 skipped as not text: 2 binary, 1 not UTF-8"
+    with pytest.raises(NeuronKindsError, match=message + r" \(c\.txt\.gz, d\.png, e\.txt\)"):
+        Corpus.from_files(docs)
+    # Another entry with text does not excuse it: each folder must hold some.
+    (tmp_path / "ok.txt").write_text("ok", encoding="utf-8")
+    with pytest.raises(NeuronKindsError, match="holds no text file"):
+        Corpus.from_files([tmp_path / "ok.txt", docs])
+
+
+@pytest.mark.parametrize(
+    ("glob", "suffixes", "expected"),
+    [
+        ("*.md", None, ["beta"]),  # no "/": the name, at any depth
+        ("**/*.md", None, ["beta"]),  # "**" spans any number of levels, none included
+        ("**/*.txt", None, ["alpha"]),
+        ("sub/*", None, ["beta"]),  # one level: sub/e.txt is not text, so skipped
+        ("*.t?t", None, ["alpha"]),
+        ("[ab].*", None, ["alpha", "beta"]),
+        ("*", [".md", ".txt"], ["alpha", "beta"]),
+        ("sub/**", [".txt"], []),  # only sub/e.txt: skipped, so the folder holds no text
+    ],
+)
+def test_glob_and_suffixes_choose_files_in_folders(tmp_path, glob, suffixes, expected):
+    docs = _mixed_folder(tmp_path / "docs")
+    if not expected:
+        with pytest.raises(NeuronKindsError, match="holds no text file"):
+            Corpus.from_files(docs, suffixes=suffixes, glob=glob)
+        return
+    corpus = Corpus.from_files(docs, suffixes=suffixes, glob=glob)
+    assert list(corpus) == expected
+    assert all(p.name not in {"a.txt", "b.md"} for p in corpus.skipped)
+
+
+def test_glob_and_suffixes_leave_named_files_alone_and_bad_globs_are_errors(tmp_path):
+    docs = _mixed_folder(tmp_path / "docs")
+    corpus = Corpus.from_files([docs / "a.txt", docs], glob="*.md")
+    assert list(corpus) == ["alpha", "beta"] and corpus.skipped == ()
+    with pytest.raises(NeuronKindsError, match=r"holds no files matching glob '\*\.rst' to read"):
+        Corpus.from_files(docs, glob="*.rst")
+    with pytest.raises(NeuronKindsError, match=r"matching suffixes \['\.rst'\] and glob"):
+        Corpus.from_files(docs, suffixes=[".rst"], glob="*")
+    for bad in ("", "/abs/*.md"):
+        with pytest.raises(NeuronKindsError, match="glob must be a pattern relative"):
+            Corpus.from_files(docs, glob=bad)
 
 
 def _write_lines(path: Path, lines: list[str]) -> Path:

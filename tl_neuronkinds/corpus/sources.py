@@ -2,7 +2,6 @@
 Face datasets or the embedded default; ``Corpus.tokenize`` packs them (``packing.py``).
 """
 
-import glob
 import json
 import os
 import platform
@@ -15,6 +14,7 @@ from jaxtyping import Int
 
 from tl_neuronkinds.checks import is_int
 from tl_neuronkinds.corpus.embedded import embedded_split
+from tl_neuronkinds.corpus.files import read_files
 from tl_neuronkinds.corpus.packing import pack
 from tl_neuronkinds.errors import NeuronKindsError
 
@@ -26,17 +26,25 @@ _SPLITS = ("train", "heldout", "all")
 class Corpus:
     """An ordered, non-empty collection of text documents, held in memory.
 
-    Empty and whitespace-only documents are skipped and counted in ``n_empty_skipped``.
+    Empty and whitespace-only documents are skipped and counted in ``n_empty_skipped``; the
+    files ``from_files`` found under a folder but did not read (not text) are in ``skipped``.
 
     Args:
         documents: the document strings, in order (checked here: anything else raises).
         description: where the documents came from; stored in profiles as metadata.
+        skipped: the files passed over while reading the documents (``from_files``).
 
     Raises:
         NeuronKindsError: a document is not a string, or no non-empty document remains.
     """
 
-    def __init__(self, documents: Iterable[object], description: str) -> None:
+    def __init__(
+        self,
+        documents: Iterable[object],
+        description: str,
+        *,
+        skipped: Iterable[str | os.PathLike[str]] = (),
+    ) -> None:
         kept, empty = [], 0
         for index, doc in enumerate(documents):
             if not isinstance(doc, str):
@@ -56,6 +64,7 @@ class Corpus:
         self._docs: list[str] = kept
         self.description: str = description
         self.n_empty_skipped: int = empty
+        self.skipped: tuple[Path, ...] = tuple(Path(p) for p in skipped)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._docs)
@@ -66,7 +75,7 @@ class Corpus:
     def __repr__(self) -> str:
         return (
             f"Corpus({self.description!r}, documents={len(self)}, "
-            f"empty_skipped={self.n_empty_skipped})"
+            f"empty_skipped={self.n_empty_skipped}, files_skipped={len(self.skipped)})"
         )
 
     # ----------------------------------------------------------------------------- sources
@@ -82,34 +91,43 @@ class Corpus:
         cls,
         paths_or_globs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         suffixes: Sequence[str] | None = None,
+        glob: str | None = None,
     ) -> "Corpus":
         """A corpus with one document per UTF-8 text file.
+
+        Files are *named* (a path to a file) or *found* (under a folder, or by a glob entry).
+        A found file that is not text is skipped and listed in ``skipped``: binary (a NUL byte
+        in its first 8 KiB: archives, images, UTF-16) or not valid UTF-8 (latin-1, say); the
+        description counts them. A named file that is not text is an error.
 
         Args:
             paths_or_globs: files, folders (read recursively, hidden entries skipped, sorted)
                 and glob patterns (``**`` recursive, matches sorted); each entry must match
                 something. A file named twice is read once.
             suffixes: if given, only files under a folder with one of these suffixes (e.g.
-                ``(".txt", ".md")``) are read; files named explicitly or by a glob always are.
+                ``(".txt", ".md")``) are read.
+            glob: if given, only files under a folder whose path matches this pattern are
+                read (with ``suffixes`` too, both must hold). A pattern without ``/`` is
+                matched against the file's name (``"*.txt"``: at any depth); one with ``/``,
+                against its path relative to the folder, where ``*``, ``?`` and ``[...]``
+                stay within one folder level and a ``**`` level matches any number of levels
+                (``"**/*.md"``: every ``.md``; ``"guide/*.md"``: those right in ``guide/``).
+                Case-sensitive. ``suffixes`` and ``glob`` leave named files and glob entries
+                alone: those are always read.
 
         Raises:
-            NeuronKindsError: a missing path, a glob or folder matching no file, or a file
-                that is not valid UTF-8 (the message names it).
+            NeuronKindsError: a missing path, a glob or folder matching no file or no text
+                file (the message names what was skipped), or a named file that is not UTF-8
+                text (the message names it).
         """
         specs = (
             [paths_or_globs]
             if isinstance(paths_or_globs, (str, os.PathLike))
             else list(paths_or_globs)
         )
-        if not specs:
-            raise NeuronKindsError("Corpus.from_files: no paths given")
-        files: dict[Path, Path] = {}  # resolved -> as named, in order
-        for spec in specs:
-            for path in _expand(spec, suffixes):
-                files.setdefault(path.resolve(), path)
-        docs = [_read_utf8(path) for path in files.values()]
+        docs, skipped, summary = read_files(specs, suffixes, glob)
         shown = ", ".join(os.fspath(s) for s in specs[:3]) + (", ..." if len(specs) > 3 else "")
-        return cls(docs, f"files({shown}; {len(files)} files)")
+        return cls(docs, f"files({shown}; {summary})", skipped=skipped)
 
     @classmethod
     def from_jsonl(cls, path: str | os.PathLike[str], field: str = "text") -> "Corpus":
@@ -242,7 +260,7 @@ class Corpus:
         """Documents ``rank::world_size``: the shards of all ranks partition the documents.
 
         A shard's ``n_empty_skipped`` is 0: skipped documents are counted by the corpus that
-        read them.
+        read them. Its ``skipped`` files are the corpus's: they were not read for any shard.
 
         Raises:
             NeuronKindsError: ``world_size < 1``, ``rank`` outside ``[0, world_size)``, or more
@@ -260,7 +278,9 @@ class Corpus:
                 f"{len(self._docs)} documents would leave some empty"
             )
         return Corpus(
-            self._docs[rank::world_size], f"{self.description}[shard {rank}/{world_size}]"
+            self._docs[rank::world_size],
+            f"{self.description}[shard {rank}/{world_size}]",
+            skipped=self.skipped,
         )
 
     def tokenize(
@@ -276,41 +296,3 @@ class Corpus:
         See :func:`tl_neuronkinds.corpus.packing.pack` for the rows, separators and arguments.
         """
         return pack(self._docs, self.description, tokenizer, seq_len, n_tokens, progress, max_len)
-
-
-def _expand(spec: "str | os.PathLike[str]", suffixes: Sequence[str] | None) -> list[Path]:
-    """The files one ``from_files`` entry names, sorted."""
-    raw = os.fspath(spec)
-    if glob.has_magic(raw):
-        matches = sorted(Path(m) for m in glob.glob(raw, recursive=True) if Path(m).is_file())
-        if not matches:
-            raise NeuronKindsError(f"glob {raw!r} matches no file")
-        return matches
-    path = Path(raw)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise NeuronKindsError(f"{raw}: no such file or folder")
-    found = []
-    for folder, subfolders, names in os.walk(path):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in names:
-            if name.startswith(".") or (suffixes and not name.endswith(tuple(suffixes))):
-                continue
-            found.append(Path(folder, name))
-    if not found:
-        raise NeuronKindsError(f"folder {raw} holds no files to read")
-    return sorted(found)
-
-
-def _read_utf8(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise NeuronKindsError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise NeuronKindsError(
-            f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})"
-        ) from None

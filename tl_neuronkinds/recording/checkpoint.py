@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from tl_neuronkinds.atomic import atomic_write, atomic_write_text, follow_umask
+from tl_neuronkinds.atomic import atomic_write, atomic_write_text, write_tensors
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.recording.plan import Expected, Plan
 from tl_neuronkinds.recording.profile import NeuronProfile
@@ -33,11 +33,6 @@ from tl_neuronkinds.recording.profile import NeuronProfile
 _STATE = "state.json"
 _PLAN = "plan.safetensors"
 _FINAL = "profile"
-
-
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file(tensors, str(path))
-    follow_umask(path)
 
 
 class RunCheckpoint:
@@ -127,7 +122,7 @@ class RunCheckpoint:
         for layer, by_order in expected.items():
             tensors.update({f"expected.{layer}.{n}": t.double() for n, t in by_order.items()})
         tensors = {k: v.contiguous() for k, v in tensors.items()}
-        atomic_write(self.dir / _PLAN, lambda tmp: _save(tensors, tmp))
+        atomic_write(self.dir / _PLAN, lambda tmp: write_tensors(tensors, tmp))
         self.state["seconds"] = seconds
         self._write_state()
 

@@ -36,9 +36,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from tl_neuronkinds.atomic import atomic_dir, follow_umask
+from tl_neuronkinds.atomic import atomic_dir, write_tensors
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.recording.keys import Table
 
@@ -55,8 +55,7 @@ def write_profile(profile: Any, directory: Path) -> None:
     """Write ``profile`` to ``directory`` atomically: the files go into a temporary sibling
     directory which then replaces ``directory`` once complete."""
     with atomic_dir(directory) as tmp:
-        save_file(_narrowed(flatten(profile)), str(tmp / _COUNTS_FILE))
-        follow_umask(tmp / _COUNTS_FILE)
+        write_tensors(_narrowed(flatten(profile)), tmp / _COUNTS_FILE)
         header = {
             "format_version": FORMAT_VERSION,
             "sha256": {_COUNTS_FILE: _sha256(tmp / _COUNTS_FILE)},

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tl_neuronkinds.atomic import atomic_write, atomic_write_text, follow_umask
+from tl_neuronkinds.atomic import atomic_write, atomic_write_text, write_tensors
 from tl_neuronkinds.errors import NeuronKindsError
 
 RUN_FILE = "run.json"
@@ -59,13 +59,9 @@ def is_run_dir(directory: Path) -> bool:
 def save_tokens(path: Path, tokens: Any) -> None:
     """The recorded tokens as int32 ``tokens`` in a safetensors file, written atomically."""
     import torch
-    from safetensors.torch import save_file
 
-    def write(tmp: Path) -> None:
-        save_file({"tokens": tokens.to("cpu", torch.int32).contiguous()}, str(tmp))
-        follow_umask(tmp)
-
-    atomic_write(path, write)
+    tensors = {"tokens": tokens.to("cpu", torch.int32).contiguous()}
+    atomic_write(path, lambda tmp: write_tensors(tensors, tmp))
 
 
 def load_tokens(path: Path) -> Any:
