@@ -8,6 +8,8 @@ import copy
 import html
 import json
 import re
+import sys
+import types
 import unicodedata
 from html.parser import HTMLParser
 
@@ -22,7 +24,7 @@ from tl_models import tl_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.present import render, svg_plots
-from tl_neuronkinds.present.views import NO_TOKENS, NeuronView
+from tl_neuronkinds.present.views import NO_TOKENS, NeuronView, init_notebook
 
 pytestmark = pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning")
 
@@ -41,7 +43,7 @@ HOSTILE = {
 _WIDGET = re.compile(
     r'<div id="(nk-cv-[0-9a-f]{16})" class="nk-widget">(.*?)</div><script>(.*?)</script>', re.S
 )
-_CALL = re.compile(r"\.render\(e\.id,C,(\{.*\})\)\}\)\(\);$", re.S)
+_CALL = re.compile(r"\.render\(e\.id,C,(\{.*\})\)\};w\.CircuitsVis\?r\(\):", re.S)
 
 
 def hostile_profile(profile: nk.NeuronProfile) -> nk.NeuronProfile:
@@ -197,6 +199,71 @@ def test_page_carries_the_bundle_once_and_requests_nothing() -> None:
     assert "default-src 'none'" in csp["content"] and "connect-src 'none'" in csp["content"]
 
 
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str | None, str | None]]:
+    """A fresh notebook state; the (cell id, request id) the kernel runs is the list's last."""
+    running: list[tuple[str | None, str | None]] = [(None, None)]
+    monkeypatch.setattr(render, "_NOTEBOOK", render._Notebook())
+    monkeypatch.setattr(render, "_request", lambda: running[-1])
+    return running
+
+
+def _carries(output: str) -> bool:
+    return output.count("data-nk-bundle") == 1 and output.count("var CircuitsVis=") == 1
+
+
+def test_the_first_notebook_output_carries_the_bundle(kernel) -> None:
+    fragment = render.widget("ColoredTokens", {"tokens": ["a"], "values": [1.0]})
+    first, second, third = (render.notebook_html(fragment) for _ in range(3))
+    assert _carries(first) and first.endswith(fragment) and first.startswith("<style>")
+    assert second == third == f"<style>{render.CSS}</style>{fragment}"
+    assert _carries(render.notebook_html(fragment, bundle=True))
+    render.notebook_mode(every_view=True)
+    assert _carries(render.notebook_html(fragment)) and _carries(render.notebook_html(fragment))
+    render.notebook_mode(every_view=False)
+    assert not _carries(render.notebook_html(fragment))
+    assert render.notebook_html(fragment, bundle=False) == second
+
+
+def test_rerunning_the_cell_that_carried_the_bundle_sends_it_again(kernel) -> None:
+    def shown(cell: str, request: str) -> bool:
+        kernel.append((cell, request))
+        return _carries(render.notebook_html("<p>view</p>"))
+
+    assert shown("cell-a", "r1") and not shown("cell-a", "r1")  # two views of one run
+    assert not shown("cell-b", "r2")
+    assert shown("cell-a", "r3")  # a re-run replaces the output that held the bundle
+    assert not shown("cell-a", "r3") and not shown("cell-b", "r4")
+    kernel.append((None, "r5"))  # a front-end that names no cell: once per kernel
+    assert not render.notebook_html("<p>view</p>").count("data-nk-bundle")
+
+
+def test_each_output_carries_the_bundle_in_colab(kernel, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert all(_carries(render.notebook_html("<p>view</p>")) for _ in range(2))
+
+
+def test_init_notebook_displays_the_bundle_once_for_the_views(kernel, monkeypatch) -> None:
+    display = pytest.importorskip("IPython.display")
+    shown: list[str] = []
+    monkeypatch.setattr(display, "display", lambda obj: shown.append(obj.data))
+    init_notebook()
+    assert len(shown) == 1 and _carries(shown[0])
+    assert not _carries(render.notebook_html("<p>view</p>"))
+    init_notebook()  # the first cell re-run: its output is replaced, so it shows the bundle again
+    assert len(shown) == 2 and _carries(shown[1])
+    init_notebook(every_view=True)
+    assert len(shown) == 2 and _carries(render.notebook_html("<p>view</p>"))
+
+
+def test_the_queued_widget_renders_when_the_bundle_arrives() -> None:
+    """A widget's script before the bundle's queues its render; the bundle's script runs it."""
+    script = parse(render.widget("ColoredTokens", {"tokens": ["a"], "values": [1.0]})).scripts[0]
+    assert script.endswith("w.CircuitsVis?r():(w.nkPending=w.nkPending||[]).push(r)})();")
+    bundle = parse(render.bundle_script()).scripts[0]
+    assert bundle.endswith("(window.nkPending||[]).splice(0).forEach(function(r){r()})")
+
+
 def test_line_plot_maps_values_and_breaks_at_nan() -> None:
     svg = svg_plots.line_plot([1, 2, 3, 4, 5], [0.0, 1.0, float("nan"), 0.5, 0.25],
                            x_label="p", y_label="f", width=140, height=138)  # fmt: skip
@@ -331,8 +398,11 @@ def test_view_save_repr_and_determinism(model, tokens, profile, tmp_path) -> Non
     assert text == render.page(view.title, [view.fragment()])
     assert text.count("data-nk-bundle") == 1 and _remote_references(text) == []
     assert [p.name for p in path.parent.iterdir()] == ["neuron.html"]  # no temporary left
-    notebook = view._repr_html_()
-    assert notebook.endswith(view.fragment()) and notebook.count("data-nk-bundle") == 1
+    with pytest.MonkeyPatch.context() as patch:  # a kernel that has shown no view yet
+        patch.setattr(render, "_NOTEBOOK", render._Notebook())
+        first, later = view._repr_html_(), view._repr_html_()
+    assert first.endswith(view.fragment()) and first.count("data-nk-bundle") == 1
+    assert later.endswith(view.fragment()) and "data-nk-bundle" not in later
     assert repr(view) == "NeuronView(layer=0, neuron=2, kind='token_detector')"
     assert isinstance(view, NeuronView) and nk.NeuronView is NeuronView
 

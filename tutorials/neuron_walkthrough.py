@@ -4,7 +4,9 @@ Three neurons of the embedded model, one of each kind the paper names: a token d
 a positional neuron (§5) and a dead one (§3). For each, ``nk.show_neuron`` gathers what the
 profile and the model say about it; in a notebook the view shows inline (circuitsvis, offline:
 its JavaScript is inlined, nothing is fetched), and its parts are DataFrames to work with.
-Run it as a script or cell by cell (each ``# %%`` starts a cell).
+Run it as a script or cell by cell (each ``# %%`` starts a cell). In a notebook the first view
+carries circuitsvis's bundle (1.3 MB) and the later ones only reference it (docs/recipes.md,
+"Notebooks"; ``nk.init_notebook()`` in the first cell puts it there instead).
 """
 
 # %% Record the held-out split once (NK_TUTORIAL_TOKENS sets how many tokens).

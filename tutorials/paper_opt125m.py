@@ -1,27 +1,53 @@
 """The paper on OPT-125m: Voita, Ferrando & Nalmpantis 2024, section by section.
 
-This tutorial needs the Hugging Face hub once, to download ``facebook/opt-125m`` (250 MB).
-Recording the paper's 5M tokens takes hours on a CPU and minutes on a GPU; set
-``NK_TUTORIAL_TOKENS`` to record fewer (the kinds then rest on less evidence, and ``classify``
-says so). ``NK_TUTORIAL_MODEL`` names another OPT checkpoint (a hub id or a local
-``save_pretrained`` directory): the tests run this file on a tiny local one, offline.
+This tutorial needs the Hugging Face hub once, to download ``facebook/opt-125m`` (250 MB), or
+a local copy: ``NK_TUTORIAL_MODEL`` names another OPT checkpoint (a hub id or a local
+``save_pretrained`` directory; the tests run this file on a tiny local one, offline). Without
+either it says so in one line before anything runs. Recording the paper's 5M tokens takes hours
+on a CPU and minutes on a GPU; set ``NK_TUTORIAL_TOKENS`` to record fewer (the kinds then rest
+on less evidence, and ``classify`` says so).
 
 Run it as a script or cell by cell in a notebook (each ``# %%`` starts a cell).
 """
 
+# %% The checkpoint: a local directory, a hub id already in the local cache, or one the hub can
+# give (HF_HUB_OFFLINE=1 rules that out). Checked first, so that a missing one is said at once.
+import os
+
+MODEL = os.environ.get("NK_TUTORIAL_MODEL", "facebook/opt-125m")
+if not os.path.isdir(MODEL):
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    why = None
+    if MODEL.startswith(("/", ".", "~")) or MODEL.count("/") != 1:
+        why = "is not a directory"
+    else:
+        try:
+            cached = isinstance(try_to_load_from_cache(MODEL, "config.json"), str)
+            if not cached and constants.HF_HUB_OFFLINE:
+                why = "is not in the local cache and HF_HUB_OFFLINE is set"
+            elif not cached:
+                HfApi().model_info(MODEL, timeout=30)
+        except Exception as err:  # hub errors have many types; each means "cannot fetch it"
+            why = f"cannot be fetched from the hub ({type(err).__name__})"
+    if why:
+        raise SystemExit(
+            f"paper_opt125m.py: {MODEL} {why}: this tutorial needs the Hugging Face hub or a local "
+            "checkpoint directory (NK_TUTORIAL_MODEL=/path/to/opt-125m python "
+            "tutorials/paper_opt125m.py)"
+        )
+
 # %% Load OPT-125m for TransformerLens: weights as the checkpoint has them (no LayerNorm folding,
 # docs/kinds.md, "Terms"). offload="cpu" keeps the blocks in CPU memory and moves one at a time to
 # the device, as the paper did for OPT-66b on one GPU; on a CPU-only machine it costs nothing.
-import os
-import tempfile
+import tempfile  # noqa: E402
 
-import torch
+import torch  # noqa: E402
 
-import tl_neuronkinds as nk
+import tl_neuronkinds as nk  # noqa: E402
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
-model = nk.load_opt(os.environ.get("NK_TUTORIAL_MODEL", "facebook/opt-125m"), offload="cpu",
-                    device=device)  # fmt: skip
+model = nk.load_opt(MODEL, offload="cpu", device=device)
 print(model.cfg.n_layers, "layers of", model.cfg.d_mlp, "neurons")
 
 # %% Text: the embedded corpus here (offline); the paper used 5M tokens of its own data

@@ -1,6 +1,8 @@
 """One table of every neuron's kind: dead, token detector, n-gram detector, positional, other."""
 
+import contextvars
 import warnings
+import weakref
 
 import numpy as np
 import pandas as pd
@@ -47,6 +49,10 @@ COLUMNS = [
 KINDS = ["dead", "token_detector", "ngram_detector", "positional", "other", "unknown"]
 #: The order in which the kinds are tried: a neuron gets the first that holds.
 PRECEDENCE = ["dead", "token_detector", "ngram_detector", "unknown", "positional", "other"]
+#: The profiles ``classify`` has warned about (``EvidenceWarning``, once per profile).
+_WARNED: "weakref.WeakSet[NeuronProfile]" = weakref.WeakSet()
+#: Set while ``classify_with_cautions`` collects every caution, warned before or not.
+_COLLECTING = contextvars.ContextVar("collecting_cautions", default=False)
 
 
 def classify(
@@ -99,7 +105,7 @@ def classify(
 
     Warns:
         EvidenceWarning: The profile holds fewer than 1,000,000 text tokens (the paper uses
-            5M, §2).
+            5M, §2); once per profile, however often it is classified.
         UndecidableWarning: Some n-gram detector tests are undecidable (above).
     """
     analysis = analysis_of(profile, cutoffs, overrides, analysis)
@@ -113,10 +119,14 @@ def classify_with_cautions(analysis: Analysis) -> tuple[pd.DataFrame, list[str]]
     """``classify(analysis)`` and the messages of its cautions (``EvidenceWarning``,
     ``UndecidableWarning``), for a page or a command line that shows them as notes rather than
     as warnings with a source line; any other warning is re-emitted as it was raised."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", EvidenceWarning)
-        warnings.simplefilter("always", UndecidableWarning)
-        table = classify(analysis)
+    collecting = _COLLECTING.set(True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EvidenceWarning)
+            warnings.simplefilter("always", UndecidableWarning)
+            table = classify(analysis)
+    finally:
+        _COLLECTING.reset(collecting)
     cautions = []
     for warning in caught:
         if issubclass(warning.category, EvidenceWarning | UndecidableWarning):
@@ -217,14 +227,20 @@ def _layer_table(analysis: Analysis, layer: int) -> pd.DataFrame:
 
 
 def _warn_evidence(profile: NeuronProfile) -> None:
-    if profile.n_text_positions < EVIDENCE_TOKENS:
-        warn(
-            f"the profile holds {profile.n_text_positions:,} text tokens, fewer than "
-            f"{EVIDENCE_TOKENS:,}: its kinds rest on little data (the paper collects its "
-            f"statistics over {PAPER_TOKENS / 1e6:.0f}M tokens, §2); a rare neuron can pass the "
-            "detector tests on a few activations (see the 'evidence' column, and min_count)",
-            EvidenceWarning,
-        )
+    """``EvidenceWarning`` for a small profile: once per profile (always where collecting)."""
+    if profile.n_text_positions >= EVIDENCE_TOKENS:
+        return
+    if not _COLLECTING.get():
+        if profile in _WARNED:
+            return
+        _WARNED.add(profile)
+    warn(
+        f"the profile holds {profile.n_text_positions:,} text tokens, fewer than "
+        f"{EVIDENCE_TOKENS:,}: its kinds rest on little data (the paper collects its "
+        f"statistics over {PAPER_TOKENS / 1e6:.0f}M tokens, §2); a rare neuron can pass the "
+        "detector tests on a few activations (see the 'evidence' column, and min_count)",
+        EvidenceWarning,
+    )
 
 
 def _warn_undecidable(analysis: Analysis, table: pd.DataFrame) -> None:

@@ -25,13 +25,22 @@ as circuitsvis's ``render_local`` does:
   ``section_page(title, section, out)`` writes one such page of figures and tables (no
   widgets), atomically.
 
-Notebooks: an object's ``_repr_html_`` (``NeuronView``) returns ``notebook_html(fragment)``,
-the fragment with its own copy of the bundle (1.3 MB). An output cannot rely on an earlier
-one's copy: after a reload or in an exported notebook the earlier output may be cleared or
-not run, and Colab and VS Code show each output in its own frame. Where outputs share one page
-(JupyterLab, the classic notebook) the repeated copy is parsed but not run again (the
-``window.CircuitsVis`` guard). To keep a notebook file small, save views to a page instead
-(``NeuronView.save``).
+Notebooks: an object's ``_repr_html_`` (``NeuronView``) returns ``notebook_html(fragment)``.
+The first view of a kernel session carries the bundle (1.3 MB) and every later one only
+references it (the fragment and the stylesheet: tens of kB), so a notebook carries one copy
+however many neurons it shows. A widget whose script runs before the bundle is defined (an
+output re-rendered before the first one, as a reopened or exported notebook may do) queues
+itself on ``window.nkPending``, which the bundle's script renders once it has run: no network,
+ever. This rests on outputs sharing one page (JupyterLab, the classic notebook, VS Code, an
+nbconvert HTML export); where each output has its own frame (Colab) every view carries its
+copy, as it does after ``init_notebook(every_view=True)`` (``views.init_notebook``).
+
+"Sent" is remembered per kernel: re-running the cell whose output carried the bundle sends it
+again (JupyterLab and Notebook 7 say which cell runs; that output is being replaced), but a
+notebook whose first output was cleared or deleted by hand keeps its later views without a
+bundle once saved. ``init_notebook()`` in the first cell (it displays the bundle, whatever was
+sent before) or a restart and "run all" makes it whole again; ``NeuronView.save`` writes a page
+that needs no notebook.
 """
 
 import functools
@@ -42,8 +51,10 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,12 +114,13 @@ def _bundle() -> str:
 
 
 def bundle_script() -> str:
-    """circuitsvis's bundle in one ``<script>`` that defines ``window.CircuitsVis`` once."""
+    """circuitsvis's bundle in one ``<script>`` that defines ``window.CircuitsVis`` once, then
+    renders the widgets queued on ``window.nkPending`` before it ran."""
     version = importlib.metadata.version("circuitsvis")
     return (
         f'<script data-nk-bundle="circuitsvis {html.escape(version)}">'
         f"if(!window.CircuitsVis){{(function(){{{_bundle()}\nwindow.CircuitsVis=CircuitsVis;}})()}}"
-        "</script>"
+        "(window.nkPending||[]).splice(0).forEach(function(r){r()})</script>"
     )
 
 
@@ -180,8 +192,8 @@ def widget(component: str, props: dict[str, Any], fallback: str = "") -> str:
             in an untrusted notebook). The caller escapes it.
 
     Returns:
-        A ``<div>`` and a ``<script>``; a page needs ``bundle_script()`` before them
-        (``page`` and ``notebook_html`` put it there).
+        A ``<div>`` and a ``<script>`` that renders it once ``bundle_script()`` has run, before
+        it (``page``) or after it (a notebook output shown before the one with the bundle).
 
     Raises:
         NeuronKindsError: The component name is not a JavaScript identifier, or a prop is not
@@ -193,10 +205,11 @@ def widget(component: str, props: dict[str, Any], fallback: str = "") -> str:
     digest = hashlib.sha256(f"{component}\0{data}\0{fallback}".encode()).hexdigest()[:16]
     uid = f"nk-cv-{digest}"
     script = (
-        f'(function(){{var w=window,e=document.getElementById("{uid}"),'
-        f'C=w.CircuitsVis&&w.CircuitsVis["{component}"];if(!e||!C)return;'
+        f'(function(){{var w=window,e=document.getElementById("{uid}");if(!e)return;'
         f'e.id="{uid}-"+(w.nkWidgetCount=(w.nkWidgetCount||0)+1);'
-        f"w.CircuitsVis.render(e.id,C,{data})}})();"
+        f'var r=function(){{var C=w.CircuitsVis["{component}"];'
+        f"if(C&&e.isConnected)w.CircuitsVis.render(e.id,C,{data})}};"
+        "w.CircuitsVis?r():(w.nkPending=w.nkPending||[]).push(r)})();"
     )
     return f'<div id="{uid}" class="nk-widget">{fallback}</div><script>{script}</script>'
 
@@ -227,10 +240,57 @@ def page(title: str, fragments: Iterable[str], *, widgets: bool = True) -> str:
     )
 
 
-def notebook_html(fragment: str) -> str:
-    """``fragment`` for a notebook output: with the stylesheet and its own copy of the bundle
-    (see the module docstring for why every output carries one)."""
-    return f"<style>{CSS}</style>{bundle_script()}{fragment}"
+@dataclass
+class _Notebook:
+    """What this kernel sent: ``every_view`` (each output carries the bundle) and ``sent``, the
+    (cell id, request id) of the output that carried it last (None before the first)."""
+
+    every_view: bool = False
+    sent: tuple[str | None, str | None] | None = None
+
+
+_NOTEBOOK = _Notebook()
+#: Front-ends that show each output in its own frame, where no output can use another's bundle.
+_FRAMED = ("google.colab",)
+
+
+def _request() -> tuple[str | None, str | None]:
+    """The notebook cell being run (its id where the front-end sends one, as JupyterLab and
+    Notebook 7 do) and the kernel's request id; (None, None) outside a kernel."""
+    ipython = sys.modules.get("IPython")
+    kernel = getattr(ipython.get_ipython(), "kernel", None) if ipython is not None else None
+    if kernel is None or not hasattr(kernel, "get_parent"):
+        return None, None
+    parent = kernel.get_parent() or {}
+    cell = (parent.get("metadata") or {}).get("cellId")
+    request = (parent.get("header") or {}).get("msg_id")
+    return (str(cell) if cell else None), (str(request) if request else None)
+
+
+def _needs_bundle() -> bool:
+    """Whether a view shown now carries the bundle: the first of the kernel, every one where
+    outputs do not share a page, and the first of a re-run of the cell that carried it."""
+    if _NOTEBOOK.every_view or _NOTEBOOK.sent is None or any(m in sys.modules for m in _FRAMED):
+        return True
+    cell, request = _request()
+    sent_cell, sent_request = _NOTEBOOK.sent
+    return cell is not None and cell == sent_cell and request != sent_request
+
+
+def notebook_mode(*, every_view: bool) -> None:
+    """Whether every later notebook output carries its own copy of the bundle (``every_view``)
+    or only the first (the default; see the module docstring)."""
+    _NOTEBOOK.every_view = every_view
+
+
+def notebook_html(fragment: str, *, bundle: bool | None = None) -> str:
+    """``fragment`` as a notebook output: the stylesheet, the bundle where ``bundle`` (by
+    default where this kernel has not sent it yet, see the module docstring), the fragment."""
+    if bundle is None:
+        bundle = _needs_bundle()
+    if bundle:
+        _NOTEBOOK.sent = _request()
+    return f"<style>{CSS}</style>{bundle_script() if bundle else ''}{fragment}"
 
 
 def token_span(token: str) -> str:

@@ -13,6 +13,9 @@ For neuron ``(layer, neuron)`` of a profile and the model it was recorded from, 
 - its activation histogram where the profile kept one (``record(..., histogram=True)``);
 - with the profile's context windows or ``tokens``: its max-activating contexts
   (``max_activating_contexts``).
+
+``init_notebook``: circuitsvis's bundle displayed once at the top of a notebook, so that no view
+needs to carry it (``render``'s module docstring: a notebook's first view carries it otherwise).
 """
 
 import copy
@@ -30,6 +33,7 @@ from tl_neuronkinds.kinds.classify import classification
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
 from tl_neuronkinds.kinds.ngrams import STATUSES, ngram_tokens
 from tl_neuronkinds.loading.identity import check_same_model
+from tl_neuronkinds.present import render
 from tl_neuronkinds.present.neuron_view import NeuronView
 from tl_neuronkinds.recording.contexts import max_activating_contexts, windows_cover
 from tl_neuronkinds.recording.keys import Table
@@ -206,4 +210,29 @@ def show_neuron(
         title=f"Layer {layer}, neuron {neuron}: {kinds['kind'].iloc[0]}"
         + (f" ({model_name})" if model_name else ""),
         notes=tuple(notes),
+        bos_token_id=profile.bos_token_id,
     )
+
+
+def init_notebook(*, every_view: bool = False) -> None:
+    """Display circuitsvis's JavaScript bundle (1.3 MB, offline) as this cell's output, so the
+    neuron views after it carry none (each some tens of kB).
+
+    Without it a notebook's first view carries the bundle; calling this in the first cell keeps
+    the bundle at the top whatever is cleared, re-run or deleted below (a view whose output is
+    re-rendered before the bundle waits for it). Running it again displays the bundle again.
+
+    Args:
+        every_view: Every later view carries its own copy instead (1.3 MB each), for front-ends
+            that show each output in its own frame; Colab is detected and needs no call.
+
+    Raises:
+        NeuronKindsError: IPython is not installed (this is for notebooks).
+    """
+    try:
+        from IPython.display import HTML, display
+    except ImportError as err:
+        raise NeuronKindsError("init_notebook is for notebooks: IPython is not installed") from err
+    render.notebook_mode(every_view=every_view)
+    if not every_view:
+        display(HTML(render.notebook_html("", bundle=True)))
