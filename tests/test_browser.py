@@ -265,7 +265,7 @@ def test_repeated_notebook_outputs_render(planted, tmp_path) -> None:
     carries the bundle, the second copy does not run again, and every widget renders."""
     model, tokens, profile = planted
     view = nk.show_neuron(model, profile, 0, 3, tokens=tokens, k=2)
-    output = view._repr_html_()
+    output = render.notebook_html(view.fragment(), bundle=True)
     assert output.count("data-nk-bundle") == 1
     path = tmp_path / "notebook.html"
     path.write_text(
@@ -291,3 +291,72 @@ def test_report_renders_offline(planted, tmp_path) -> None:
     assert all(w["rendered"] for w in state["widgets"]) and len(state["widgets"]) == n_widgets
     assert state["pwned"] is None
     save_screenshot(state["png"], tmp_path, "report.png")
+
+
+_VISIBLE = (
+    "[...document.querySelectorAll('section.nk-neuron')]"
+    ".filter(s => s.getClientRects().length > 0).map(s => s.id)"
+)
+
+
+def test_report_filter_contents_and_width(planted, tmp_path) -> None:
+    """The report as a reader uses it: typing a query into the filter box shows exactly the
+    sections it names; the contents bar stays at the top and its links land; with every
+    <details> open, nothing makes the page wider than the window."""
+    model, tokens, profile = planted
+    path = report(profile, model, out=tmp_path / "report.html", tokens=tokens, progress=False)
+    browser = Chromium(tmp_path / "chromium-profile", tmp_path / "chromium.log")
+    try:
+        for domain in ("Runtime", "Log", "Network", "Page"):
+            browser.page(f"{domain}.enable")
+        browser.page(
+            "Emulation.setDeviceMetricsOverride", width=1000, height=800, deviceScaleFactor=1,
+            mobile=False,
+        )  # fmt: skip
+        browser.page("Page.navigate", url=path.as_uri())
+        browser.wait_for("document.readyState === 'complete'")
+        browser.wait_for("document.querySelectorAll('.colored-tokens').length > 0")
+        sections = browser.evaluate(
+            "[...document.querySelectorAll('section.nk-neuron')].map(s => [s.id, "
+            "s.dataset.layer, s.dataset.kind, s.dataset.type])"
+        )
+
+        def typed(query: str) -> list[str]:
+            browser.evaluate("document.getElementById('nk-filter').focus()")
+            browser.evaluate("document.getElementById('nk-filter').select()")
+            browser.page("Input.insertText", text=query)
+            assert browser.evaluate("document.getElementById('nk-filter').value") == query
+            return browser.evaluate(_VISIBLE)
+
+        assert browser.evaluate(_VISIBLE) == [s[0] for s in sections]
+        layer1 = [s[0] for s in sections if s[1] == "1"]
+        assert layer1 and typed("layer:1") == layer1
+        count = browser.evaluate("document.getElementById('nk-filter-count').textContent")
+        assert count == f"{len(layer1)} of {len(sections)} neurons shown"
+        strong = [s[0] for s in sections if s[1] == "0" and s[2] == "positional" and s[3] == "oscillatory"]  # fmt: skip
+        assert strong and typed("layer:0 kind:positional type:oscillatory") == strong
+        assert typed("neuron:3 layer:1") == ["n-1-3"]
+        assert typed("layer:3") == []
+
+        # The contents bar: still at the top halfway down, and a neuron's link lands on it
+        # (hidden by the filter, the link clears the filter first).
+        browser.evaluate("window.scrollTo(0, document.body.scrollHeight / 2)")
+        assert abs(browser.evaluate("document.querySelector('.nk-toc').getBoundingClientRect().top")) < 1  # fmt: skip
+        browser.evaluate("document.querySelector('.nk-toc details').open = true")
+        browser.evaluate("document.querySelector('.nk-toc a[href=\"#n-1-3\"]').click()")
+        time.sleep(0.2)
+        top = browser.evaluate("document.getElementById('n-1-3').getBoundingClientRect().top")
+        assert 0 <= top < 100
+        assert browser.evaluate("document.querySelector('.nk-toc details').open") is False
+        assert browser.evaluate(_VISIBLE) == [s[0] for s in sections]
+
+        browser.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
+        time.sleep(0.2)
+        wide, window = browser.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert wide <= window
+        browser.evaluate("window.scrollTo(0, 0)")
+        shot = browser.page("Page.captureScreenshot", format="png")
+    finally:
+        browser.close()
+    check_quiet_and_offline({"events": browser.events})
+    save_screenshot(base64.b64decode(shot["data"]), tmp_path, "report_details_open.png")

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import cli
-from tl_neuronkinds.present.report import _FILTER_JS
+from tl_neuronkinds.present.report import MAX_DETECTORS
+from tl_neuronkinds.present.report_nav import FILTER_JS
 
 FIGURES = {
     "fig1a": "Figure 1a", "fig1b": "Figure 1b", "fig2-n1": "Figure 2",
@@ -30,6 +31,7 @@ NASTY = {
     " cat": '<script>alert("x")</script>',
     " Cat": "a&b'\"",
     " the": "\u202eeht\u200f",
+    " mat": " ",  # a space-only trigger
 }
 
 
@@ -176,62 +178,85 @@ def test_token_strings_are_escaped(planted) -> None:
     assert "\u202e" not in text and "\u200f" not in text  # shown as ⟨U+202E⟩, never applied
     assert "⟨U+202E⟩eht⟨U+200F⟩" in outside
     sections = {
-        (int(a["data-layer"]), int(a["data-neuron"])): a["data-search"]
+        (int(a["data-layer"]), int(a["data-neuron"])): json.loads(a["data-triggers"])
         for tag, a in _parse(text).elements
-        if tag == "section" and "data-search" in a
+        if tag == "section" and "data-triggers" in a
     }
-    assert NASTY[" cat"].lower() in sections[(0, 2)]  # the attribute holds the string intact
+    assert NASTY[" cat"] in sections[(0, 2)]  # the attribute holds the string intact
     assert "a&b'\"" in sections[(0, 2)]
+    assert '<script>alert("x")</script>' in sections[(1, 7)]  # the bigram's tokens too
 
 
-def _node_filter(searches: list[str], queries: list[str], tmp_path: Path) -> list[list[bool]]:
-    """Run the page's filter script in node over sections with these ``data-search`` texts:
-    for each query, which sections stay shown."""
+def _node_filter(
+    sections: list[dict[str, str]], queries: list[str], tmp_path: Path
+) -> tuple[list[list[bool]], list[str]]:
+    """Run the page's filter script in node over sections with these attributes: for each
+    query, which sections stay shown, and the count it writes."""
     driver = tmp_path / "filter.js"
     driver.write_text(
         "const data = JSON.parse(require('fs').readFileSync(process.argv[2], 'utf8'));\n"
-        "const items = data.searches.map(t => ({hidden: false, getAttribute: () => t}));\n"
+        "const items = data.sections.map(a => ({hidden: false, getAttribute: n => a[n]}));\n"
         "let listener; const box = {value: '', addEventListener: (e, f) => { listener = f; }};\n"
-        "global.document = {getElementById: id => id === 'nk-filter' ? box : {},\n"
-        "  querySelectorAll: () => items};\n"
-        f"{_FILTER_JS}\n"
+        "const out = {textContent: ''};\n"
+        "global.document = {getElementById: id => id === 'nk-filter' ? box : out,\n"
+        "  querySelectorAll: s => s === 'section.nk-neuron' ? items : []};\n"
+        f"{FILTER_JS}\n"
         "console.log(JSON.stringify(data.queries.map(q => { box.value = q; listener();\n"
-        "  return items.map(i => !i.hidden); })));\n"
+        "  return [items.map(i => !i.hidden), out.textContent]; })));\n"
     )
     data = tmp_path / "data.json"
-    data.write_text(json.dumps({"searches": searches, "queries": queries}))
+    data.write_text(json.dumps({"sections": sections, "queries": queries}))
     done = subprocess.run(["node", str(driver), str(data)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    results = json.loads(done.stdout)
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def _sections(text: str) -> dict[tuple[int, int], dict[str, str]]:
+    return {
+        (int(a["data-layer"]), int(a["data-neuron"])): a
+        for tag, a in _parse(text).elements
+        if tag == "section" and "nk-neuron" in a.get("class", "")
+    }
 
 
 def test_neuron_sections_are_searchable(planted, tmp_path) -> None:
     _, _, _, out = planted
     text = out.read_text(encoding="utf-8")
-    assert 'id="nk-filter"' in text and _FILTER_JS in text
-    sections = {
-        (int(a["data-layer"]), int(a["data-neuron"])): a
-        for tag, a in _parse(text).elements
-        if tag == "section" and "data-search" in a
-    }
+    assert 'id="nk-filter"' in text and FILTER_JS in text
+    assert "<code>layer:3</code>" in text and "<code>trigger:the</code>" in text  # the syntax
+    sections = _sections(text)
     detectors = {(0, 2), (0, 3), (0, 4), (0, 5), (1, 1), (1, 2), (1, 3), (1, 7)}
     positional = {(0, 6), (0, 7), (0, 8), (0, 9), (0, 10), (0, 11)}
     assert detectors | positional <= set(sections)
     assert all(a["id"] == f"n-{layer}-{i}" for (layer, i), a in sections.items())
     assert sections[(0, 5)]["data-kind"] == "ngram_detector"
+    assert sections[(0, 7)]["data-type"] == "oscillatory"
     assert text.count('class="nk-view"') >= len(sections)  # a NeuronView in each
     if shutil.which("node") is None:
         pytest.skip("node is not installed: the filter script itself is not run")
     keys = list(sections)
-    searches = [sections[k]["data-search"] for k in keys]
-    queries = ["", "l1 n3", "<SCRIPT>", "oscillatory strong", "no such neuron"]
-    shown = _node_filter(searches, queries, tmp_path)
-    picked = [{k for k, s in zip(keys, row) if s} for row in shown]
-    assert picked[0] == set(keys)
-    assert picked[1] == {(1, 3)}
-    assert picked[2] == {(0, 2), (1, 1), (1, 7)}  # " cat" (markup) and the bigram " the cat"
-    assert (0, 7) in picked[3] and (0, 8) in picked[3] and not picked[3] & detectors
-    assert picked[4] == set()
+    queries = [
+        "", "layer:1", "neuron:3", "layer:1 neuron:3", "LAYER:0,1 kind:token",
+        '<SCRIPT>alert("X")</SCRIPT>', "kind:positional type:oscillatory strength:strong",
+        'trigger:"<8> <9>"', "no such neuron",
+        "colour:red", "1",
+    ]  # fmt: skip
+    shown, counts = _node_filter([sections[k] for k in keys], queries, tmp_path)
+    picked = [{k for k, s in zip(keys, row, strict=True) if s} for row in shown]
+    assert picked[0] == set(keys) and counts[0] == f"{len(keys)} of {len(keys)} neurons shown"
+    assert picked[1] == {k for k in keys if k[0] == 1} and picked[1]
+    assert picked[2] == {k for k in keys if k[1] == 3} == {(0, 3), (1, 3)}
+    assert picked[3] == {(1, 3)} and counts[3] == f"1 of {len(keys)} neurons shown"
+    kinds = {k for k in keys if sections[k]["data-kind"] == "token_detector"}
+    assert picked[4] == kinds and kinds
+    assert picked[5] == {(0, 2), (1, 1), (1, 7)}  # " cat" (markup) and the bigram " the cat"
+    assert (0, 7) in picked[6] and (0, 8) in picked[6] and not picked[6] & detectors
+    assert all(sections[k]["data-type"] == "oscillatory" for k in picked[6])
+    assert picked[7] == {(0, 4)}  # a bigram trigger, quoted
+    assert picked[8] == set()
+    assert picked[9] == set() and counts[9].startswith("unknown field colour:")
+    assert picked[10] == set()  # a bare number is no longer a substring of "n1693" or "0.033"
 
 
 def test_the_report_is_deterministic(planted, tmp_path) -> None:
@@ -313,6 +338,116 @@ def test_the_package_import_keeps_report_a_function_and_loads_no_matplotlib() ->
     assert done.stdout.strip() == "False"
 
 
+def test_contents_link_every_figure_and_neuron(planted) -> None:
+    """A bar at the top of the window (sticky) links the run, every figure and every neuron
+    section; every in-page link of the report has its target."""
+    _, _, _, out = planted
+    text = out.read_text(encoding="utf-8")
+    page = _parse(text)
+    nav = re.search(r'<nav class="nk-toc".*?</nav>', text, re.DOTALL)
+    assert nav is not None and re.search(r"\.nk-toc\{position:sticky;top:0", text)
+    links = re.findall(r'href="#([^"]+)"', nav.group())
+    assert {"top", "run", "layers", "neurons", *FIGURES} <= set(links)
+    assert {f"n-{layer}-{neuron}" for layer, neuron in _sections(text)} <= set(links)
+    ids = [a["id"] for _, a in page.elements if "id" in a]
+    targets = [a["href"][1:] for tag, a in page.elements if tag == "a" and "href" in a]
+    assert targets and set(targets) <= set(ids)
+    named = [i for i in ids if not i.startswith("nk-cv-")]  # widgets' ids are numbered later
+    assert len(set(named)) == len(named)
+
+
+def test_triggers_beyond_the_coverage_cut_are_folded(planted) -> None:
+    """The triggers that make up 95% of A_n are listed; the rest, each a small share, under a
+    "+N more" that opens without JavaScript (<details>)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from tl_neuronkinds.present.neuron_view import coverage_cut
+
+    assert [coverage_cut(c, 1000) for c in ([900, 60, 1], [950, 1], [10, 10], [])] == [2, 1, 2, 0]
+    model, profile, tokens, _ = planted
+    view = nk.show_neuron(model, profile, 0, 2, tokens=tokens)
+    counts = [900, 60, *[1] * 40]
+    triggers = pd.DataFrame(
+        {
+            "n": 1, "rank": range(len(counts)), "ids": [(i,) for i in range(len(counts))],
+            "tokens": [(f"t{i}",) for i in range(len(counts))],
+            "text": [f"t{i}" for i in range(len(counts))], "count": counts,
+            "occurrences": counts, "share": [c / 1000 for c in counts],
+        }
+    )[list(view.triggers.columns)]  # fmt: skip
+    coverage = view.coverage.copy()
+    coverage.loc[coverage["n"] == 1, "A"] = 1000
+    fragment = dataclasses.replace(view, triggers=triggers, coverage=coverage).fragment()
+    part = re.search(r"<h3>Triggers.*?(?=<h3>)", fragment, re.DOTALL).group()
+    listed, folded = part.split("<details", 1)
+    assert ">t0<" in listed and ">t1<" in listed and ">t2<" not in listed
+    assert re.search(r'class="nk-more"><summary>\+40 more \(n = 1\)', "<details" + folded)
+    assert ">t2<" in folded and ">t41<" in folded
+    # In the report: L0 N2's two triggers each hold half its activations, none folded.
+    section = re.search(r'<section class="nk-neuron" id="n-0-2".*?</section>', out_text(planted))
+    assert section is not None and 'class="nk-more"' not in section.group()
+
+
+def out_text(planted) -> str:
+    return planted[3].read_text(encoding="utf-8")
+
+
+def test_space_tokens_show_as_open_boxes(planted) -> None:
+    from tl_neuronkinds.present.neuron_view import pill
+
+    assert pill(" ") == '<span class="nk-tok" title=" ">␣</span>'
+    assert pill(" the ") == '<span class="nk-tok" title=" the ">␣the␣</span>'
+    assert pill("<b>") == '<span class="nk-tok">&lt;b&gt;</span>'
+    text = out_text(planted)
+    section = re.search(r'id="n-1-2".*?</section>', text, re.DOTALL).group()  # " mat" is " "
+    assert '<span class="nk-tok" title=" ">␣</span>' in section
+    fig5 = re.search(r'<figure id="fig5".*?</figure>', text, re.DOTALL).group()
+    assert '<span class="nk-tok" title=" ">␣</span>' in fig5
+
+
+def test_the_words_say_what_is_shown(planted) -> None:
+    text = out_text(planted)
+    sections = _sections(text)
+    head = re.search(r'<h2 id="neurons">Neurons</h2><p>(.*?)</p>', text).group(1)
+    detectors = [a for a in sections.values() if a["data-kind"].endswith("_detector")]
+    assert head.startswith(f"{len(sections)} neurons: all {len(detectors)} token and n-gram")
+    assert str(MAX_DETECTORS) not in head and len(detectors) == 8
+    fig9 = re.search(r'<figure id="fig9".*?</figcaption>', text, re.DOTALL).group()
+    assert "<i>team</i> is its strong oscillatory neurons taken together" in fig9
+    # Contexts reaching back to a row's start show its BOS as a separator, not text.
+    assert 'data-nk-separators="0' in text
+    assert 'title="separator, not text (BOS / end of document)"' in text
+
+
+def test_lines_that_coincide_stay_visible_and_counts_have_integer_ticks(planted) -> None:
+    import pandas as pd
+
+    from tl_neuronkinds.present import plots
+
+    same = pd.Series([0, 1, 1], index=pd.Index([0, 1, 2], name="layer"))
+    svg = plots.layer_line("f", {"a": same, "b": same, "c": same}, "tokens", counts=True)
+    groups = dict(re.findall(r'<g id="f-series-(\d)">(.*?)</g>', svg, re.DOTALL))
+    assert sorted(groups) == ["0", "1", "2"]
+    dashes = {tuple(re.findall(r"stroke-dasharray: ([^;]*);", g)) for g in groups.values()}
+    widths = {re.search(r"stroke-width: ([\d.]+)", g).group(1) for g in groups.values()}
+    shapes = {
+        re.search(r'<path id="f-m[0-9a-f]+" d="([^"]*)"', g).group(1) for g in groups.values()
+    }
+    assert len(dashes) == len(widths) == len(shapes) == 3
+
+    def ticks(fragment: str) -> list[str]:
+        texts = re.findall(r"<text[^>]*>([^<]*)</text>", fragment)
+        return [t for t in texts if re.fullmatch(r"[−-]?[\d.]+", t.strip())]
+
+    assert ticks(svg) and all("." not in t for t in ticks(svg))
+    text = out_text(planted)
+    for fid in ("fig3a", "fig3b", "fig4", "fig8"):
+        figure = re.search(rf'<figure id="{fid}".*?</svg>', text, re.DOTALL).group()
+        assert ticks(figure) and all("." not in t for t in ticks(figure)), fid
+
+
 # ------------------------------------------------------------------ command line
 def _profile_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
     return [
@@ -357,6 +492,32 @@ def test_profile_writes_tokens_and_report_and_report_rebuilds_it(
     assert "not a run directory" in _error(capsys)
     assert cli.main(["report", str(out), "--out", str(tmp_path)]) == 2
     assert "a directory is there" in _error(capsys)
+
+
+@pytest.mark.slow
+def test_report_command_shows_its_steps_in_a_log(checkpoint_dir, tmp_path) -> None:
+    """``tl-neuronkinds report DIR`` with stderr a pipe (a log, not a terminal): plain lines that
+    name the report's steps, no NaN, no line twice."""
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log. " * 60)
+    out = tmp_path / "run"
+    assert cli.main(_profile_args(checkpoint_dir, corpus, out, "--no-report")) == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "tl_neuronkinds", "report", str(out), "--device", "cpu"],
+        capture_output=True,  # stderr a pipe: not a terminal
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (out / "report.html").is_file()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    for step in (
+        "classification and figure tables", "figures 1a-1b", "figures 5-6", "figures 7-9",
+        "max-activating contexts", "neuron sections", "writing the page",
+    ):  # fmt: skip
+        assert any(line.startswith(step) or f" {step}" in line for line in lines), (step, lines)
+    assert "\r" not in done.stderr and "nan" not in done.stderr.lower()
+    assert len(lines) == len(set(lines)), lines
 
 
 def test_no_report_and_missing_matplotlib(checkpoint_dir, tmp_path, monkeypatch, capsys) -> None:

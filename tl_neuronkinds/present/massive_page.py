@@ -14,7 +14,9 @@ from tl_neuronkinds.present.render import section_page
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–", escape=True)
+    """``frame`` as an HTML table in a box that scrolls sideways where it is wider than the page."""
+    table = frame.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–", escape=True)
+    return f'<div class="nk-scroll" style="overflow-x:auto;max-width:100%">{table}</div>'
 
 
 def magnitude_series(found: MassiveActivations) -> dict[str, pd.Series]:
@@ -50,7 +52,8 @@ def massive_section(found: MassiveActivations) -> str:
         f"above {found.magnitude:g} and above {found.ratio:g} × their layer's median. "
         f"Found: {html.escape(found.summary())}.</p>",
         plots.layer_line("massive-magnitudes", magnitude_series(found), "magnitude |h|", log=True),
-        "<p><b>Magnitudes by layer</b> (log scale), as Sun et al.'s Figure 2: for each "
+        "<p><b>Magnitudes by layer</b> (log scale), as Sun et al.'s Figure 2 (each line its "
+        "own marker and dashes, so lines that coincide stay visible): for each "
         "sequence, its largest hidden-state magnitudes and its median over positions × "
         f"dimensions, averaged over the {_n_seq(found)} sequences. The top entries below "
         f"are {_TOP_BY[found.by]}.</p>",

@@ -3,18 +3,22 @@ and its offline HTML.
 
 The HTML shows, in order: the neuron's kind and the numbers behind it (dead §3, detectors §4.2 /
 §4.5, positional §5.1), its n-gram coverage and ``k95_n`` statuses (docs/kinds.md, "The n-gram
-cap"), its triggers with ``c_g``, ``o_g`` and their share of ``A_n``, its max-activating
-contexts (circuitsvis's ``ColoredTokens``, each coloured by the neuron's activation), its
+cap"), its triggers with ``c_g``, ``o_g`` and their share of ``A_n`` (those that make up 95%
+of ``A_n``, ``coverage_cut``; the rest folded under "+N more"), its max-activating contexts
+(circuitsvis's ``ColoredTokens``, each coloured by the neuron's activation; BOS / separator
+tokens marked as not text where ``bos_token_id`` is given), its
 promoted and suppressed tokens (§4.4), its activation frequency by position ``f_p`` (§5.1) and
 its activation histogram: the two plots as SVG drawn by hand (``svg_plots.py``), so a view
 needs no matplotlib.
 
 ``fragment()`` is the HTML without the circuitsvis bundle (for ``render.page``), ``save(path)``
 a self-contained page and ``_repr_html_`` a notebook output (``render.notebook_html``).
+Token strings show as ``pill``: boxed, their spaces as ``␣``.
 """
 
 import html
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,14 @@ from tl_neuronkinds.present.render import (
     notebook_html,
     page,
     token_html,
-    token_span,
     widget,
 )
 from tl_neuronkinds.present.svg_plots import bar_plot, line_plot
+
+#: The title of a context token that is the BOS / document separator (docs/kinds.md, "Tokens").
+SEPARATOR = "separator, not text (BOS / end of document)"
+#: How a separator is marked (inline, so a view outside the report shows it too).
+_SEP = f'class="nk-sep" title="{SEPARATOR}" style="outline:1px dashed #b00;color:#b00"'
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +65,8 @@ class NeuronView:
         histogram: ``activation_histogram``'s rows, or None where the profile kept none.
         title: The view's heading.
         notes: Lines shown under the heading (what is missing and why).
+        bos_token_id: The BOS / separator token (not text, docs/kinds.md "Tokens"): contexts
+            centred on it are marked as separators. None: not marked.
     """
 
     layer: int
@@ -70,6 +80,7 @@ class NeuronView:
     histogram: pd.DataFrame | None = None
     title: str = ""
     notes: tuple[str, ...] = ()
+    bos_token_id: int | None = None
 
     def fragment(self) -> str:
         """The view as an HTML fragment without the circuitsvis bundle (``render.page`` adds
@@ -127,17 +138,61 @@ def _coverage_html(view: NeuronView) -> str:
     return html_table(["n", "A<sub>n</sub>", "k95<sub>n</sub>", "status"], rows)
 
 
+def pill(token: str) -> str:
+    """A token string as a boxed, monospaced HTML span, as ``render.token_span`` but with its
+    spaces shown as ``␣`` (so a space-only token is no empty box) and, where any is, the real
+    string (``visible``, escaped) in the span's ``title``."""
+    text = token_html(token)
+    if " " not in token:
+        return f'<span class="nk-tok">{text}</span>'
+    return f'<span class="nk-tok" title="{text}">{text.replace(" ", "␣")}</span>'
+
+
+def coverage_cut(counts: Iterable[int], total: int) -> int:
+    """How many of ``counts`` (decreasing ``c_g`` of a neuron's triggers) make up its coverage:
+    the fewest whose sum is at least 95% of ``total`` (``A_n``), decided in integers as
+    ``k95_n`` is (docs/kinds.md); all of them where they never do."""
+    values = [int(count) for count in counts]
+    running = 0
+    for i, count in enumerate(values):
+        running += count
+        if 100 * running >= 95 * total:
+            return i + 1
+    return len(values)
+
+
+_TRIGGER_HEAD = ["n", "trigger", "c<sub>g</sub> (active on it)", "o<sub>g</sub> (occurrences)",
+                 "share of A<sub>n</sub>"]  # fmt: skip
+
+
+def _trigger_rows(triggers: pd.DataFrame) -> list[list[str]]:
+    return [
+        [f"{t.n}", " ".join(pill(s) for s in t.tokens), f"{t.count:,}", f"{t.occurrences:,}",
+         f"{t.share:.1%}"]
+        for t in triggers.itertuples(index=False)
+    ]  # fmt: skip
+
+
 def _triggers_html(view: NeuronView) -> str:
+    """Per order, the triggers that make up the neuron's coverage (``coverage_cut``); the others
+    (each with a small share of ``A_n``) folded under "+N more"."""
     if view.triggers.empty:
         return _note("No triggers: not a token or n-gram detector.")
-    rows = [
-        [f"{t.n}", " ".join(token_span(s) for s in t.tokens), f"{t.count:,}", f"{t.occurrences:,}",
-         f"{t.share:.1%}"]
-        for t in view.triggers.itertuples(index=False)
-    ]  # fmt: skip
-    head = ["n", "trigger", "c<sub>g</sub> (active on it)", "o<sub>g</sub> (occurrences)",
-            "share of A<sub>n</sub>"]  # fmt: skip
-    return html_table(head, rows)
+    active = view.coverage.set_index("n")["A"]
+    parts = []
+    for n, triggers in view.triggers.groupby("n", sort=True):
+        total = active.get(n)
+        cut = len(triggers) if pd.isna(total) else coverage_cut(triggers["count"], int(total))
+        parts.append(html_table(_TRIGGER_HEAD, _trigger_rows(triggers.iloc[:cut])))
+        rest = triggers.iloc[cut:]
+        if len(rest):
+            parts.append(
+                f'<details class="nk-more"><summary>+{len(rest):,} more (n = {n}), '
+                f"{int(rest['count'].sum()):,} activations together: beyond the 95% of "
+                f"A<sub>{n}</sub> the first {cut} cover</summary>"
+                f"{html_table(_TRIGGER_HEAD, _trigger_rows(rest))}</details>"
+            )
+    return "".join(parts)
 
 
 def _contexts_html(view: NeuronView) -> str:
@@ -150,28 +205,39 @@ def _contexts_html(view: NeuronView) -> str:
     lo, hi = min(0.0, *values), max(0.0, *values) or 1.0
     rows = []
     for c in contexts.itertuples(index=False):
+        separators = [view.bos_token_id is not None and i == view.bos_token_id for i in c.token_ids]
         plain = "".join(
-            f"<b>{token_html(t)}</b>" if i == c.center else token_html(t)
-            for i, t in enumerate(c.tokens)
+            _context_token(t, i == c.center, separators[i]) for i, t in enumerate(c.tokens)
         )
         props = {"tokens": list(c.tokens), "values": [float(v) for v in c.activations],
                  "minValue": lo, "maxValue": hi}  # fmt: skip
         fallback = f'<span class="nk-tok">{plain}</span>'
-        rows.append(
-            [f"{c.rank}", f"{c.value:.3f}", f"row {c.seq}, pos {c.pos}",
-             token_span(c.tokens[c.center]), widget("ColoredTokens", props, fallback)]
-        )  # fmt: skip
+        center = pill(c.tokens[c.center])
+        where = f"row {c.seq}, pos {c.pos}"
+        if separators[c.center]:
+            center = f"<span {_SEP}>{center}</span>"
+            where += f"<br><span {_SEP}>separator</span>"
+        tokens = widget("ColoredTokens", props, fallback)
+        if any(separators):
+            marked = " ".join(str(i) for i, sep in enumerate(separators) if sep)
+            tokens = f'<div data-nk-separators="{marked}">{tokens}</div>'
+        rows.append([f"{c.rank}", f"{c.value:.3f}", where, center, tokens])
     scale = f"context (colour: activation, {lo:.3g} to {hi:.3g})"
     return html_table(["#", "activation", "where", "token", scale], rows, "nk-ctx")
+
+
+def _context_token(token: str, center: bool, separator: bool) -> str:
+    text = token_html(token)
+    if separator:
+        text = f"<span {_SEP}>{text}</span>"
+    return f"<b>{text}</b>" if center else text
 
 
 def _vocab_html(view: NeuronView) -> str:
     parts = []
     for direction in ("promoted", "suppressed"):
         part = view.vocab[view.vocab["direction"] == direction]
-        rows = [
-            [f"{r.rank}", token_span(str(r.token)), f"{r.score:.4f}"] for r in part.itertuples()
-        ]
+        rows = [[f"{r.rank}", pill(str(r.token)), f"{r.score:.4f}"] for r in part.itertuples()]
         parts.append(f"<div><h3>{direction.capitalize()} tokens (§4.4)</h3>"
                      f"{html_table(['rank', 'token', 'score'], rows)}</div>")  # fmt: skip
     return f'<div class="nk-row">{"".join(parts)}</div>'

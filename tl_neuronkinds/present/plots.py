@@ -8,9 +8,8 @@ that a view works where only the core dependencies are installed.
 
 Each function takes the tables of ``tl_neuronkinds.kinds`` (``figure_tables``,
 ``position_teams``, ``position_frequencies``; nothing is recomputed here) and returns one
-``<svg>`` element. matplotlib is the ``report`` extra: it is imported by ``require_matplotlib``
-when a figure is drawn, never when the package is imported, and its absence is a
-NeuronKindsError naming the extra.
+``<svg>`` element. matplotlib is imported by ``require_matplotlib`` when a figure is drawn,
+never when the package is imported; its absence is a NeuronKindsError naming the extra.
 
 No pyplot: figures are ``matplotlib.figure.Figure`` objects saved with the SVG backend, so no
 global backend is chosen (headless, as with Agg) and a user's interactive session is left as it
@@ -49,6 +48,9 @@ _RC = {
     "axes.spines.right": False,
 }
 _WIDE, _HIGH = 6.4, 2.6  # inches
+#: Markers and dash patterns of successive lines, so that lines that coincide stay apart.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_DASHES = ("-", "--", ":", "-.")
 
 
 def require_matplotlib() -> Any:
@@ -92,10 +94,13 @@ def _svg(fig: Any, fid: str) -> str:
     return text.replace("<svg ", f'<svg class="nk-plot" role="img" aria-label="{fid}" ', 1)
 
 
-def _layer_axis(ax: Any, layers: Sequence[int]) -> None:
-    matplotlib = require_matplotlib()
+def _layer_axis(ax: Any, layers: Sequence[int], counts: bool = False) -> None:
+    """The layer x axis (integer ticks); ``counts``: integer ticks on the y axis too."""
+    integer = require_matplotlib().ticker.MaxNLocator
     ax.set_xlabel("layer")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(integer(integer=True))
+    if counts:
+        ax.yaxis.set_major_locator(integer(integer=True))
     if layers:
         ax.set_xlim(min(layers) - 0.6, max(layers) + 0.6)
     ax.grid(axis="y", alpha=0.3)
@@ -108,25 +113,31 @@ def layer_line(
     *,
     styles: Sequence[str] = (),
     log: bool = False,
+    counts: bool = False,
 ) -> str:
     """One line per named per-layer series (Figures 1a, 1b, 3a, 3b; with ``log``, Sun et al.
-    Figure 2's view of massive activations: a log scale, zeros left out); NaN breaks a line."""
+    Figure 2's view of massive activations: a log scale, zeros left out); NaN breaks a line.
+    Lines that coincide stay visible: each has its own dashes (``styles[i]``, else ``_DASHES``)
+    and hollow marker, thinner and smaller than the one before (drawn over it); its ``<g>``
+    has the id ``{fid}-series-{i}``. ``counts``: integer ticks on the y axis."""
     with _style():
         fig = _figure()
         ax = fig.add_subplot()
         layers: list[int] = []
         for i, (label, values) in enumerate(series.items()):
-            style = styles[i] if i < len(styles) else "-"
+            style = styles[i] if i < len(styles) else _DASHES[i % len(_DASHES)]
             y = values.to_numpy(dtype=float)
             y = np.where(y > 0, y, np.nan) if log else y
-            ax.plot(values.index, y, style, marker="o", ms=3, label=label)
+            look = {"marker": _MARKERS[i % len(_MARKERS)], "ms": max(7 - 1.5 * i, 3), "mfc": "none"}
+            look.update(lw=max(2.2 - 0.5 * i, 0.8), label=label, gid=f"series-{i}")
+            ax.plot(values.index, y, style, **look)
             layers = list(values.index)
         if log:
             ax.set_yscale("log")
         ax.set_ylabel(ylabel)
         if not log:
             ax.set_ylim(bottom=0)
-        _layer_axis(ax, layers)
+        _layer_axis(ax, layers, counts)
         if len(series) > 1:
             ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig, fid)
@@ -139,9 +150,11 @@ def layer_bars(
     *,
     reference: tuple[float, str] | None = None,
     notes: dict[int, str] | None = None,
+    counts: bool = False,
 ) -> str:
     """Side-by-side bars of per-layer series (Figures 4, 6); ``reference`` draws a dashed
-    horizontal line with its label; ``notes`` writes a text above a layer's bars."""
+    horizontal line with its label; ``notes`` writes a text above a layer's bars; ``counts``:
+    integer ticks on the y axis."""
     with _style():
         fig = _figure()
         ax = fig.add_subplot()
@@ -164,7 +177,7 @@ def layer_bars(
                 fontsize=7,
             )
         ax.set_ylabel(ylabel)
-        _layer_axis(ax, layers)
+        _layer_axis(ax, layers, counts)
         ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig, fid)
 
@@ -202,6 +215,7 @@ def coverage_bars(fid: str, table: pd.DataFrame, censored: str | None) -> str:
         ax.invert_yaxis()
         ax.set_ylabel("layer")
         ax.set_xlabel("alive neurons")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(frameon=False, fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig, fid)
 
@@ -220,7 +234,7 @@ def positional_bars(fid: str, table: pd.DataFrame) -> str:
                 )
                 bottom += values
         ax.set_ylabel("positional neurons")
-        _layer_axis(ax, list(table.index))
+        _layer_axis(ax, list(table.index), counts=True)
         ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _svg(fig, fid)
 
@@ -298,8 +312,6 @@ def head_heatmap(fid: str, table: pd.DataFrame, value: str, label: str) -> str:
 
 
 # ---------------------------------------------------------------- comparisons (compare_page.py)
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_DASHES = ("-", "--", ":", "-.")
 
 
 def _mpl_text(label: str) -> str:

@@ -12,26 +12,35 @@ allows no request) holds, for one profile and the model it was recorded from:
   number comes from ``tl_neuronkinds.kinds`` (one ``Analysis``) and ``tl_neuronkinds.vocab``;
   nothing is recomputed here;
 - per-neuron sections (``NeuronView.fragment()``, with up to ``CONTEXTS`` max-activating
-  contexts each where the tokens are given, all computed in one pass) under a text box that filters them (a few lines of inline JavaScript: a section
-  stays shown where every word typed occurs, case-insensitively, in its ``data-search``: layer,
-  neuron, kind, positional type, why it is shown, triggers). So that the file stays small
+  contexts each where the tokens are given, all computed in one pass; separators marked) under
+  a filter box (a few lines of inline JavaScript over each section's data attributes: fields
+  ``layer:3``, ``neuron:211``, ``kind:positional``, ``type:``, ``strength:``, ``trigger:the``
+  or a bare word, every term must hold; ``FILTER_FIELDS``). So that the file stays small
   (circuitsvis's 1.3 MB bundle plus some tens of kB per neuron), the neurons shown are bounded,
   at most ``MAX_DETECTORS + 8 + 8 + MAX_TEAM + 2 * PER_LAYER * layers``: the
   ``MAX_DETECTORS`` token / n-gram detectors with the most activations at text positions, those
   of Figure 5, the examples of Figure 7, up to ``MAX_TEAM`` neurons of Figure 9's team and, per
   layer, the ``PER_LAYER`` positional neurons with the highest mutual information and the
-  ``PER_LAYER`` most frequent neurons of kind ``other``.
+  ``PER_LAYER`` most frequent neurons of kind ``other``; the heading counts those shown;
+- a contents bar that stays at the top of the window, linking the run, every figure and
+  section, and every neuron section. Wide tables scroll in their own box.
+
+``report`` shows its steps as it goes (``tl_neuronkinds.progress.Progress``): the tables, each
+group of figures, the massive and universal sections, the contexts' forward, the neuron
+sections and the writing.
 
 Where things are: the page and the neuron sections here, the figure sections (captions, tables)
-in ``report_sections.py``, the plots in ``plots.py`` (matplotlib, the ``report`` extra).
+in ``report_sections.py``, the filter and the contents in ``report_nav.py``, the plots in
+``plots.py`` (matplotlib, the ``report`` extra).
 """
 
+import dataclasses
 import html
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from jaxtyping import Int
 
@@ -42,7 +51,15 @@ from tl_neuronkinds.loading.identity import check_same_model
 from tl_neuronkinds.loading.tokens import check_tokens
 from tl_neuronkinds.massive.activations import MassiveActivations
 from tl_neuronkinds.present import plots
-from tl_neuronkinds.present.report_sections import ReportTables, figure_sections
+from tl_neuronkinds.present.report_nav import (
+    FILTER_HELP,
+    FILTER_JS,
+    SEPARATOR_JS,
+    attributes,
+    contents,
+)
+from tl_neuronkinds.present.report_sections import FIGURE_STEPS, ReportTables
+from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.contexts import windows_cover
 from tl_neuronkinds.recording.profile import NeuronProfile
 from tl_neuronkinds.universal.families import UniversalNeurons
@@ -60,16 +77,17 @@ _CSS = """
 .nk-report figcaption{max-width:900px;margin-top:4px}.nk-plot{max-width:100%;height:auto}
 .nk-report details{margin:4px 0}.nk-report summary{cursor:pointer;color:#1f4e9c}
 .nk-neuron{border-top:1px solid #eee;padding:6px 0}.nk-why{color:#555;margin:2px 0}
-#nk-filter{font-size:15px;padding:4px 8px;width:420px}
+.nk-report [id]{scroll-margin-top:44px}
+.nk-scroll{overflow-x:auto;max-width:100%}.nk-report .nk-row>div{min-width:0;max-width:100%}
+.nk-report .nk-view{max-width:100%;overflow-x:auto}
+.nk-toc{position:sticky;top:0;z-index:10;background:#fff;border-bottom:1px solid #ccc;
+padding:4px 0;font-size:14px}
+.nk-toc>details{display:inline-block;margin:0}.nk-toc a{margin-right:8px}
+.nk-toc-body{max-height:60vh;overflow-y:auto;padding:4px 0;line-height:1.7}
+.nk-toc-body p{margin:2px 0}
+#nk-filter{font-size:15px;padding:4px 8px;width:360px}
+.nk-filter-help{color:#555;font-size:13px;margin:4px 0}.nk-filter-help code{background:#f4f4f4}
 """
-_FILTER_JS = """(function(){var box=document.getElementById("nk-filter"),
-out=document.getElementById("nk-filter-count"),
-items=document.querySelectorAll("section[data-search]");
-function run(){var words=box.value.toLowerCase().split(/\\s+/).filter(Boolean),shown=0;
-items.forEach(function(el){var text=el.getAttribute("data-search"),
-ok=words.every(function(w){return text.indexOf(w)>=0;});el.hidden=!ok;if(ok)shown++;});
-out.textContent=shown+" of "+items.length+" neurons shown";}
-box.addEventListener("input",run);run();})();"""
 
 
 def report(
@@ -81,6 +99,7 @@ def report(
     analysis: Analysis | None = None,
     massive: MassiveActivations | None = None,
     universal: UniversalNeurons | None = None,
+    progress: bool | None = None,
 ) -> Path:
     """Write the HTML report of ``profile`` (see the module) to ``out``, atomically.
 
@@ -99,6 +118,9 @@ def report(
             paper's figures (Sun et al. 2024).
         universal: ``find_universal([model, ...], tokens)`` (``tl_neuronkinds.universal
             .families``): adds a universal-neurons section (Gurnee et al. 2024).
+        progress: Show the steps as they run (``tl_neuronkinds.progress.Progress``: a bar in a
+            terminal or notebook, a line per step where stderr is a log); None (the default)
+            or True shows them, False is quiet.
 
     Returns:
         The path written.
@@ -117,20 +139,56 @@ def report(
         raise NeuronKindsError("analysis= must be an Analysis of the profile given")
     from tl_neuronkinds.present.render import page
 
-    run = ReportTables(analysis, model, tokens)
-    title = f"Neuron kinds: {run.model_name}"
-    fragments = [f"<style>{_CSS}</style>", '<div class="nk-view nk-report">', _header(run, title)]
-    fragments += figure_sections(run)
+    sections: list[tuple[str, Callable[[ReportTables], list[str]]]] = list(FIGURE_STEPS)
     if massive is not None:
         from tl_neuronkinds.present.massive_page import massive_section
 
-        fragments.append(massive_section(massive))
+        sections.append(("massive activations section", lambda _: [massive_section(massive)]))
     if universal is not None:
         from tl_neuronkinds.present.universal_page import universal_section
 
-        fragments.append(universal_section(universal))
-    fragments += [*_neuron_sections(run), "</div>"]
-    return atomic_write_text(out, page(title, fragments))
+        sections.append(("universal neurons section", lambda _: [universal_section(universal)]))
+    steps = _Steps(len(sections) + 4, progress)
+    steps.start("classification and figure tables")
+    run = ReportTables(analysis, model, tokens)
+    title = f"Neuron kinds: {run.model_name}"
+    body = [_header(run, title)]
+    for name, make in sections:
+        steps.start(name)
+        body += make(run)
+    chosen = _selection(run)
+    steps.start("max-activating contexts of the neurons shown")
+    contexts = _contexts(run, list(chosen))
+    steps.start(f"{len(chosen)} neuron sections")
+    body += _neuron_sections(run, chosen, contexts)
+    steps.start("writing the page")
+    fragments = [f"<style>{_CSS}</style>", '<div class="nk-view nk-report" id="top">']
+    fragments += [contents(body, {k: why.kind for k, why in chosen.items()}), *body, "</div>"]
+    path = atomic_write_text(out, page(title, fragments))
+    steps.close()
+    return path
+
+
+class _Steps:
+    """The report's named steps on a ``Progress`` (unit ``step``; none where ``enabled`` is
+    False): each named as it starts (where stderr is a log, a plain line), counted as it ends."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        self.bar = None if enabled is False else Progress(total, enabled=enabled, unit="step")
+        self.started = 0
+
+    def start(self, what: str) -> None:
+        if self.bar is None:
+            return
+        if self.started:
+            self.bar.update(1)
+        self.started += 1
+        self.bar.set_phase(what)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.close()
 
 
 def recorded_tokens(
@@ -181,30 +239,48 @@ def _header(run: "ReportTables", title: str) -> str:
     cautions = "".join(f'<p class="nk-note">{html.escape(c)}</p>' for c in run.cautions)
     layers = run.tables["layers"].to_html(float_format=lambda x: f"{x:.4g}", na_rep="–")
     return (
-        f"<h1>{html.escape(title)}</h1><table>{body}</table>{cautions}"
-        "<p>The figures of Voita, Ferrando &amp; Nalmpantis 2024, <i>Neurons in Large Language "
-        'Models: Dead, N-gram, Positional</i>, for this run; then <a href="#neurons">the '
-        f"neurons</a>.</p><details><summary>per-layer summary</summary>{layers}</details>"
+        f'<h1>{html.escape(title)}</h1><div class="nk-scroll" id="run"><table>{body}</table>'
+        f"</div>{cautions}<p>The figures of Voita, Ferrando &amp; Nalmpantis 2024, <i>Neurons in "
+        'Large Language Models: Dead, N-gram, Positional</i>, for this run; then <a href="#neurons'
+        '">the neurons</a>.</p><details id="layers"><summary>per-layer summary</summary>'
+        f'<div class="nk-scroll">{layers}</div></details>'
     )
 
 
 # ------------------------------------------------------------------------------ selection
-def _selection(run: ReportTables) -> dict[tuple[int, int], list[str]]:
-    """(layer, neuron) -> why it has a section, in (layer, neuron) order (see the module)."""
-    chosen: dict[tuple[int, int], list[str]] = {}
+class _Why:
+    """Why a neuron has a section: its kind, the reasons (text) and their categories."""
 
-    def add(layer: int, neuron: int, why: str) -> None:
-        chosen.setdefault((int(layer), int(neuron)), []).append(why)
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.reasons: list[str] = []
+        self.categories: set[str] = set()
+
+
+#: The selection's categories, in the order the neurons' heading counts them.
+_CATEGORIES = ("detector", "fig5", "fig7", "team", "positional", "other")
+
+
+def _selection(run: ReportTables) -> dict[tuple[int, int], _Why]:
+    """(layer, neuron) -> why it has a section, in (layer, neuron) order (see the module)."""
+    chosen: dict[tuple[int, int], _Why] = {}
+    kinds = run.table.set_index(["layer", "neuron"])["kind"]
+
+    def add(layer: int, neuron: int, category: str, why: str) -> None:
+        key = (int(layer), int(neuron))
+        entry = chosen.setdefault(key, _Why(str(kinds.loc[key])))
+        entry.reasons.append(why)
+        entry.categories.add(category)
 
     for row in run.detectors.head(MAX_DETECTORS).itertuples():
-        add(row.layer, row.neuron, f"detector with {row.evidence:,} text activations")
+        add(row.layer, row.neuron, "detector", f"detector with {row.evidence:,} text activations")
     for row in run.fig5.itertuples():
-        add(row.layer, row.neuron, "Figure 5")
+        add(row.layer, row.neuron, "fig5", "Figure 5")
     for (kind, strength), (layer, neuron) in run.examples.items():
-        add(layer, neuron, f"Figure 7 example ({kind}, {strength})")
+        add(layer, neuron, "fig7", f"Figure 7 example ({kind}, {strength})")
     if run.team_layer is not None:
         for neuron in run.teams.loc[run.team_layer, "neurons"][:MAX_TEAM]:
-            add(run.team_layer, neuron, "Figure 9 team")
+            add(run.team_layer, neuron, "team", "Figure 9 team")
     positional = run.positional[run.positional["positional"]]
     for row in (
         positional.sort_values(["pos_mi", "layer", "neuron"], ascending=[False, True, True])
@@ -212,7 +288,8 @@ def _selection(run: ReportTables) -> dict[tuple[int, int], list[str]]:
         .head(PER_LAYER)
         .itertuples()
     ):
-        add(row.layer, row.neuron, f"top positional of its layer (I = {row.pos_mi:.3f} nats)")
+        why = f"top positional of its layer (I = {row.pos_mi:.3f} nats)"
+        add(row.layer, row.neuron, "positional", why)
     other = run.table[run.table["kind"] == "other"]
     for row in (
         other.sort_values(["freq", "layer", "neuron"], ascending=[False, True, True])
@@ -220,44 +297,62 @@ def _selection(run: ReportTables) -> dict[tuple[int, int], list[str]]:
         .head(PER_LAYER)
         .itertuples()
     ):
-        add(row.layer, row.neuron, f"most frequent 'other' of its layer (freq {row.freq:.3f})")
+        why = f"most frequent 'other' of its layer (freq {row.freq:.3f})"
+        add(row.layer, row.neuron, "other", why)
     return dict(sorted(chosen.items()))
 
 
-def _neuron_sections(run: ReportTables) -> list[str]:
-    from tl_neuronkinds.present.render import visible
-    from tl_neuronkinds.present.views import show_neuron
+def _shown(run: ReportTables, chosen: dict[tuple[int, int], _Why]) -> str:
+    """What the neuron sections are, counted as shown (a neuron may be counted twice)."""
+    count = {c: sum(c in why.categories for why in chosen.values()) for c in _CATEGORIES}
+    n_detectors = len(run.detectors)
+    detectors = (
+        f"all {count['detector']} token and n-gram detectors"
+        if n_detectors <= MAX_DETECTORS
+        else f"the {count['detector']} of the {n_detectors:,} token and n-gram detectors with the "
+        "most activations at text positions"
+    )
+    team = f"{count['team']} of Figure 9's team" if run.team_layer is not None else None
+    parts = [
+        detectors,
+        f"{count['fig5']} of Figure 5",
+        f"{count['fig7']} of Figure 7 (its examples)",
+        team,
+        f"{count['positional']} positional neurons (per layer, the {PER_LAYER} with the highest "
+        "mutual information)",
+        f"{count['other']} of kind 'other' (per layer, the {PER_LAYER} most frequent)",
+    ]
+    listed = ", ".join(p for p in parts if p)
+    return (
+        f"{len(chosen)} neurons: {listed}; a neuron shown for several reasons is counted in each."
+    )
+
+
+def _contexts(run: ReportTables, neurons: list[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+    """The neurons' max-activating contexts (``CONTEXTS`` each), from one pass; {} where the
+    profile kept no top activations or neither windows nor tokens give them."""
     from tl_neuronkinds.recording.contexts import contexts_of
 
-    chosen = _selection(run)
-    contexts: dict[tuple[int, int], pd.DataFrame] = {}
     if run.profile.top_k > 0 and (run.tokens is not None or windows_cover(run.profile, 12, 4)):
-        contexts = contexts_of(run.model, run.profile, run.tokens, list(chosen), k=CONTEXTS)
-    rows = run.table.set_index(["layer", "neuron"])
+        return contexts_of(run.model, run.profile, run.tokens, neurons, k=CONTEXTS)
+    return {}
+
+
+def _neuron_sections(
+    run: ReportTables,
+    chosen: dict[tuple[int, int], _Why],
+    contexts: dict[tuple[int, int], Any],
+) -> list[str]:
+    from tl_neuronkinds.present.views import show_neuron
+
     head = (
-        '<h2 id="neurons">Neurons</h2><p>'
-        f"{len(chosen)} neurons: the {MAX_DETECTORS} token and n-gram detectors with the most "
-        "activations at text positions, those of Figures 5 and 7, up to "
-        f"{MAX_TEAM} of Figure 9's team, and per layer the {PER_LAYER} positional neurons with "
-        f"the highest mutual information and the {PER_LAYER} most frequent of kind 'other'. "
-        '<input type="search" id="nk-filter" placeholder="filter: layer 3, token_detector, a '
-        'trigger, oscillatory …" aria-label="filter neurons"> <span id="nk-filter-count">'
-        "</span></p>"
+        f'<h2 id="neurons">Neurons</h2><p>{html.escape(_shown(run, chosen))}</p>'
+        '<p><input type="search" id="nk-filter" placeholder="filter: layer:3 kind:positional '
+        'trigger:the …" aria-label="filter neurons" aria-describedby="nk-filter-help"> '
+        f'<span id="nk-filter-count"></span></p>{FILTER_HELP}'
     )
     out = [head]
     for (layer, neuron), why in chosen.items():
-        row = rows.loc[(layer, neuron)]
-        kind = str(row["kind"])
-        pos = "" if pd.isna(row["pos_type"]) else f"{row['pos_type']} {row['pos_strength']}"
-        search = " ".join(
-            [
-                f"l{layer} n{neuron} layer {layer} neuron {neuron}",
-                kind,
-                pos,
-                *why,
-                *map(str, row["triggers"]),
-            ]
-        )
         view = show_neuron(
             run.model,
             run.profile,
@@ -267,12 +362,12 @@ def _neuron_sections(run: ReportTables) -> list[str]:
             analysis=run.analysis,
             contexts=contexts.get((layer, neuron)),
         )
+        view = dataclasses.replace(view, bos_token_id=run.profile.bos_token_id)
         out.append(
-            f'<section class="nk-neuron" id="n-{layer}-{neuron}" data-layer="{layer}" '
-            f'data-neuron="{neuron}" data-kind="{html.escape(kind)}" '
-            f'data-search="{html.escape(visible(search.lower(), breaks=False), quote=True)}">'
-            f'<p class="nk-why">Shown as: {html.escape("; ".join(why))}.</p>{view.fragment()}'
-            "</section>"
+            f'<section class="nk-neuron" id="n-{layer}-{neuron}" '
+            f"{attributes(view.kinds.iloc[0], view.triggers)}>"
+            f'<p class="nk-why">Shown as: {html.escape("; ".join(why.reasons))}.</p>'
+            f"{view.fragment()}</section>"
         )
-    out.append(f"<script>{_FILTER_JS}</script>")
+    out.append(f"<script>{FILTER_JS}</script><script>{SEPARATOR_JS}</script>")
     return out

@@ -8,6 +8,7 @@ the run, and its numbers in a folded ``data`` table.
 """
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -48,8 +49,9 @@ CAPTIONS = {
     "fig3a": ("Figure 3a", "§4.2; Appendix A", "Token-detecting neurons per layer (k95 ≤ 5 "
               "and covered tokens making up ≥ 95% of the activations); dashed and dotted: "
               "bigram and trigram detectors."),
-    "fig3b": ("Figure 3b", "§4.3", "Tokens that have a detecting neuron: solid, per layer; "
-              "dashed, cumulative over layers."),
+    "fig3b": ("Figure 3b", "§4.3", "Tokens that have a detecting neuron: solid with circles, "
+              "per layer; dashed with squares, cumulative over layers (the same in the first "
+              "layer, and wherever a layer adds no new token)."),
     "fig4": ("Figure 4", "§4.3", "Tokens covered by each layer's token detectors, those new "
              "overall (in no lower layer) and those new compared to the previous layer."),
     "fig5": ("Figure 5", "§4.4", "Top {k} promoted and suppressed tokens (the projection of the "
@@ -63,7 +65,18 @@ CAPTIONS = {
              "with the highest mutual information with position."),
     "fig8": ("Figure 8", "§5.3", "Positional neurons (I(act; pos) > 0.05 nats, §5.1) of each "
              "layer by type; dark: strong, light: weak."),
-    "fig9": ("Figure 9", "§5.3", "{text}"),
+    "fig9": ("Figure 9", "§5.3", "{text} A layer's <i>team</i> is its strong oscillatory "
+             "neurons taken together (§5.3): each indicates a few ranges of positions, its "
+             "high runs, where it fires in every row (docs/kinds.md, “Positional neurons”); "
+             "together they may cover every position."),
+}
+#: Each figure's entry in the report's table of contents.
+CONTENTS = {
+    "fig1a": "1a dead", "fig1b": "1b frequency", "fig2-n1": "2 unigram coverage",
+    "fig2-n2": "A bigrams", "fig2-n3": "A trigrams", "fig3a": "3a detectors",
+    "fig3b": "3b detected tokens", "fig4": "4 new tokens", "fig5": "5 promoted/suppressed",
+    "fig6": "6 suppression", "fig7": "7 positional types", "fig8": "8 positional by layer",
+    "fig9": "9 position team",
 }
 # fmt: on
 
@@ -107,7 +120,7 @@ def _figure(
     numbers = ""
     if data is not None:
         table = data.to_html(classes="nk-data", float_format=lambda x: f"{x:.4g}", na_rep="–")
-        numbers = f"<details><summary>data</summary>{table}</details>"
+        numbers = f'<details><summary>data</summary><div class="nk-scroll">{table}</div></details>'
     return (
         f'<figure id="{fid}" class="nk-fig">{body}<figcaption><b>{label}</b> ({section}). '
         f"{text.format(**fill)} <i>Run: {html.escape(run.summary)}.</i></figcaption>"
@@ -120,9 +133,9 @@ def _note(text: str) -> str:
 
 
 def _tokens(strings: list[str]) -> str:
-    from tl_neuronkinds.present.render import token_html
+    from tl_neuronkinds.present.neuron_view import pill
 
-    return " ".join(f'<code class="nk-tok">{token_html(s)}</code>' for s in strings)
+    return " ".join(pill(s) for s in strings)
 
 
 # ------------------------------------------------------------------------------ figures
@@ -173,14 +186,20 @@ def _ngram_figures(run: ReportTables) -> list[str]:
         _figure(
             run,
             "fig3a",
-            plots.layer_line("fig3a", detectors, "neurons", styles=["-", "--", ":"]),
+            plots.layer_line("fig3a", detectors, "neurons", styles=["-", "--", ":"], counts=True),
             pd.DataFrame(detectors),
         ),
         _figure(
-            run, "fig3b", plots.layer_line("fig3b", triggers, "tokens", styles=["-", "--"]), fig3b
+            run,
+            "fig3b",
+            plots.layer_line("fig3b", triggers, "tokens", styles=["-", "--"], counts=True),
+            fig3b,
         ),
         _figure(
-            run, "fig4", plots.layer_bars("fig4", new, "tokens"), pd.concat([fig3b, fig4], axis=1)
+            run,
+            "fig4",
+            plots.layer_bars("fig4", new, "tokens", counts=True),
+            pd.concat([fig3b, fig4], axis=1),
         ),
     ]
 
@@ -217,7 +236,11 @@ def _vocab_figures(run: ReportTables) -> list[str]:
         "<tr><th>neuron</th><th>triggers</th><th>top promoted</th><th>top suppressed</th>"
         "<th>mean trigger score</th></tr>"
     )
-    body = f"<table>{head}{''.join(rows)}</table>" if rows else _note("No token detectors.")
+    body = (
+        f'<div class="nk-scroll"><table>{head}{"".join(rows)}</table></div>'
+        if rows
+        else _note("No token detectors.")
+    )
     fig5 = _figure(run, "fig5", body, k=FIG5_K, n=len(run.fig5))
     data = suppression_by_layer(suppression, run.profile.layers).set_index("layer")
     total, supp = int(data["token_detectors"].sum()), int(data["suppressing"].sum())
@@ -249,7 +272,10 @@ def _positional_figures(run: ReportTables) -> list[str]:
     )
     fig8 = run.tables["fig8"]
     if run.team_layer is None:
-        body = _note("No strong oscillatory neurons in this run: no team to show.")
+        body = _note(
+            "No strong oscillatory neurons in this run: no team (a layer's strong oscillatory "
+            "neurons, whose position ranges together may cover every position) to show."
+        )
         text = "Position ranges indicated by a layer's strong oscillatory neurons: none here."
     else:
         team = run.teams.loc[run.team_layer]
@@ -270,14 +296,18 @@ def _positional_figures(run: ReportTables) -> list[str]:
     ]
 
 
+#: The figures in the paper's order, in steps that the report's progress names: (what, how).
+FIGURE_STEPS: list[tuple[str, Callable[[ReportTables], list[str]]]] = [
+    ("figures 1a-1b (dead neurons)", _dead_figures),
+    ("figures 2-4 (n-gram coverage, detectors)", _ngram_figures),
+    ("figures 5-6 (vocabulary projections)", _vocab_figures),
+    ("figures 7-9 (positional neurons)", _positional_figures),
+]
+
+
 def figure_sections(run: ReportTables) -> list[str]:
     """Every figure of the report, in the paper's order (1a to 9)."""
-    return [
-        *_dead_figures(run),
-        *_ngram_figures(run),
-        *_vocab_figures(run),
-        *_positional_figures(run),
-    ]
+    return [section for _, step in FIGURE_STEPS for section in step(run)]
 
 
 # ------------------------------------------------------------------------------ selection
