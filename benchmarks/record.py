@@ -96,7 +96,7 @@ def _bare(model, tokens, batch_size: int) -> None:
 
 
 def _record(model, tokens, batch_size: int, variant: str) -> nk.NeuronProfile:
-    module = importlib.import_module("tl_neuronkinds.recording.record")
+    module = importlib.import_module("tl_neuronkinds.recording.record_run")
     if variant == "two-pass":
         module.SAMPLE_FRACTION = 1.0
     elif variant == "no-reviews":

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 from record import _checkpoint, _peak_rss_mb, _reset_peak  # noqa: E402
 
 import tl_neuronkinds as nk  # noqa: E402
-from tl_neuronkinds.universal.correlations import _TILE_BYTES, CACHE, MEMORY  # noqa: E402
+from tl_neuronkinds.universal.correlations import _TILE_BYTES  # noqa: E402
+from tl_neuronkinds.universal.settings import CACHE, MEMORY  # noqa: E402
 
 CONFIGS = ROOT.parent / "shared/data/opt-configs.json"
 

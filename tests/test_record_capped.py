@@ -13,10 +13,9 @@ from recording_reference import BOS, random_tokens, tiny_model
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.recording import plan as plan_module
-from tl_neuronkinds.recording import progress as progress_module
 from tl_neuronkinds.recording import settings as recording_settings
 
-record_module = importlib.import_module("tl_neuronkinds.recording.record")
+record_module = importlib.import_module("tl_neuronkinds.recording.record_run")
 
 
 def exhaustive_k95(profile: nk.NeuronProfile, layer: int, n: int) -> np.ndarray:
@@ -194,15 +193,6 @@ def test_checkpoints_do_not_grow_with_the_checkpoints_before_them(tmp_path, monk
         checkpoint_dir=tmp_path / "c", checkpoint_every=64,
     )  # fmt: skip
     assert saved[:-1] == [64] * 8 and saved[-1] == 512  # 8 segments, then the final profile
-
-
-def test_progress_is_plain_lines_in_a_log(monkeypatch, capsys) -> None:
-    monkeypatch.setattr(progress_module, "_LINE_SECONDS", 0.0)
-    monkeypatch.setattr(progress_module, "_watched", lambda: False)
-    nk.record(tiny_model(), random_tokens(32, n_seq=6), batch_size=2, bos_token_id=BOS)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines and all("\r" not in line for line in lines)
-    assert "tokens (100%)" in lines[-1] and "tok/s" in lines[-1]
 
 
 def test_bad_caps_and_plans_are_refused() -> None:

@@ -1,11 +1,14 @@
 """Universal neurons with what they are: the joined table, per-layer shares and families against
 hand computations, the report's section and page, and ``tl-neuronkinds universal``."""
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from recording_reference import BOS, D_VOCAB, random_tokens, tiny_model
-from test_correlations import permuted
+from test_correlations import permuted, stacked
 
 import tl_neuronkinds as nk
 from tl_neuronkinds.data import (
@@ -14,7 +17,11 @@ from tl_neuronkinds.data import (
     embedded_tokenizer_dir,
     shared_tokenizer_dir,
 )
-from tl_neuronkinds.universal.families import FAMILY_STATS, find_universal
+from tl_neuronkinds.universal.families import FAMILY_STATS, UniversalNeurons, find_universal
+from tl_neuronkinds.universal.settings import MIN_ACTIVE
+
+#: The neuron ``planted`` makes fire at one text position only.
+RARE = (1, 7)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +30,23 @@ def found():
     b, _ = permuted(a, seed=3)
     c = tiny_model(5)
     tokens = random_tokens(8, n_seq=16, seq_len=24, vocab=D_VOCAB)
-    return a, tokens, find_universal([a, b, c], tokens, bos_token_id=BOS, k=2)
+    return a, tokens, find_universal([a, b, c], tokens, bos_token_id=BOS, k=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """Model A with neuron ``RARE`` active at one text position (its bias lowered to between
+    its two largest pre-activations), against two permuted copies: it correlates 1.0 with its
+    images, a coincidence of one position."""
+    a = tiny_model(0)
+    tokens = random_tokens(8, n_seq=16, seq_len=24, vocab=D_VOCAB)
+    _, cache = a.run_with_cache(tokens)
+    layer, neuron = RARE
+    top = cache[f"blocks.{layer}.mlp.hook_pre"][tokens != BOS][:, neuron].topk(2).values
+    with torch.no_grad():
+        a.blocks[layer].mlp.b_in[neuron] -= (top[0] + top[1]) / 2
+    models = [a, permuted(a, seed=3)[0], permuted(a, seed=5)[0]]
+    return models, tokens, find_universal(models, tokens, bos_token_id=BOS, k=1, progress=False)
 
 
 def test_the_table_joins_correlations_weights_and_moments(found) -> None:
@@ -77,6 +100,24 @@ def test_the_report_and_the_page_show_universal_neurons(found, tmp_path) -> None
 
     page = universal_page(result, tmp_path / "u.html", "tiny").read_text()
     assert 'aria-label="universal-corr"' in page and "data-nk-bundle" not in page
+    assert result.support_warning() is None and "nk-warning" not in page
+
+
+@pytest.mark.slow
+def test_the_page_warns_and_leaves_out_what_too_few_positions_support(planted, tmp_path) -> None:
+    from tl_neuronkinds.present.universal_page import universal_page
+
+    result = _median_bar(planted)
+    page = universal_page(result, tmp_path / "u.html", "tiny").read_text()
+    warning = result.support_warning()
+    assert warning and f'<p class="nk-note nk-warning">{warning}</p>' in page
+    most = page.split("<h3>Most universal</h3>")[1].split("</table>")[0]
+    header = re.findall(r"<th>(.*?)</th>", most)
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", most, re.S)]
+    rows = [dict(zip(header, row)) for row in rows if row]
+    assert len(rows) == 30 and min(int(row["active"]) for row in rows) >= result.min_active
+    assert [RARE[0], RARE[1]] not in [[int(row["layer"]), int(row["neuron"])] for row in rows]
+    assert f"{result.n_unsupported:,} neurons fire at fewer positions" in page
 
 
 @pytest.mark.slow
@@ -127,3 +168,55 @@ def test_report_compare_adds_the_section(tmp_path, capsys) -> None:
     assert 'id="universal"' in text and "embedded_model_seed2" in text
     assert cli.main(["report", str(run), "--compare", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def _median_bar(planted) -> UniversalNeurons:
+    """``planted``'s models and tokens, ``min_active`` the median of A's active positions."""
+    models, tokens, result = planted
+    bar = int(np.median(result.table["active"]))
+    return find_universal(models, tokens, bos_token_id=BOS, min_active=bar, progress=False)
+
+
+def test_neurons_active_at_too_few_positions_are_left_out_and_counted(planted) -> None:
+    models, tokens, result = planted
+    table = result.table
+    active = (stacked(models[0], tokens, [0, 1, 2]) > 0).sum(axis=0)  # brute force
+    assert table["active"].tolist() == active.tolist()
+    rare = table[(table["layer"] == RARE[0]) & (table["neuron"] == RARE[1])].iloc[0]
+    assert rare["active"] == 1 and rare["max_corr"] == pytest.approx(1.0)
+    assert rare["excess"] > 0.5 and not rare["universal"]
+    assert result.min_active == MIN_ACTIVE == 10
+    excess = table["excess"].to_numpy()
+    assert table["universal"].tolist() == ((excess > 0.5) & (active >= 10)).tolist()
+    assert result.n_unsupported == int(((active > 0) & (active < 10)).sum()) == 1
+    assert result.n_left_out == int(((excess > 0.5) & (active < 10)).sum()) == 1
+    assert result.layers()["universal"].sum() == table["universal"].sum()
+    # 1 of the 72 neurons that fire (under 5%), but 1 of the 14 above 0.5 (over 5%): a warning.
+    warning = result.support_warning()
+    assert (excess > 0.5).sum() == 14 and warning
+    assert "1 of the 72 neurons that fire do so at fewer than 10 of the 352 text" in warning
+    assert "1 of them has an excess correlation above 0.5 and is left out" in warning
+    # Another bar: every neuron active at fewer positions than the median is left out.
+    higher = _median_bar(planted)
+    bar = higher.min_active
+    assert higher.table["universal"].tolist() == ((excess > 0.5) & (active >= bar)).tolist()
+    assert higher.n_unsupported == int(((active > 0) & (active < bar)).sum())
+    warning = higher.support_warning()
+    assert warning and f"fewer than {bar} of the 352 text positions" in warning
+    assert f"{higher.n_left_out} of them have an excess correlation above 0.5" in warning
+    # No bar: the coincidence counts as universal.
+    bare = find_universal(models, tokens, bos_token_id=BOS, min_active=0, progress=False)
+    assert bare.table["universal"].tolist() == (excess > 0.5).tolist()
+    assert bare.n_unsupported == bare.n_left_out == 0 and bare.support_warning() is None
+    with pytest.raises(nk.NeuronKindsError, match="min_active"):
+        find_universal(models, tokens, bos_token_id=BOS, min_active=-1, progress=False)
+
+
+def test_the_support_warning_shows_on_a_tiny_budget_only(found) -> None:
+    model, tokens, ample = found
+    assert ample.table["active"].min() >= 10 and ample.support_warning() is None
+    models = [model, permuted(model, seed=3)[0]]
+    tiny = find_universal(models, tokens[:1, :8], bos_token_id=BOS, progress=False)
+    warning = tiny.support_warning()
+    assert warning and "of the 7 text positions" in warning and "use more tokens" in warning
+    assert not tiny.table["universal"].any()

@@ -41,6 +41,7 @@ from tl_neuronkinds.massive.streaming import (
     TopMagnitudes,
     magnitudes,
 )
+from tl_neuronkinds.progress import Progress
 
 #: Sun et al. §2: massive activations are "larger than 100" ...
 MAGNITUDE = 100.0
@@ -189,9 +190,10 @@ def _forward_each_batch(
     layers: list[int],
     batch: int,
     see: Callable[[int, torch.Tensor, int], None],
+    bar: Progress,
 ) -> None:
     """Run ``tokens`` in batches, calling ``see(layer, hidden, first_row)`` on each layer's
-    ``hook_resid_post``."""
+    ``hook_resid_post``; ``bar`` counts their tokens."""
     device = next(model.parameters()).device
     stop = layers[-1] + 1
     for first in range(0, tokens.shape[0], batch):
@@ -203,6 +205,7 @@ def _forward_each_batch(
         hooks = [(resid_post(layer), hook) for layer in layers]
         with torch.inference_mode(), stop_at(model, stop):
             model.run_with_hooks(rows, fwd_hooks=hooks, stop_at_layer=stop)
+        bar.update(rows.numel())
 
 
 def massive_activations(
@@ -215,6 +218,7 @@ def massive_activations(
     magnitude: float = MAGNITUDE,
     ratio: float = RATIO,
     by: str = "pooled",
+    progress: bool | None = None,
 ) -> MassiveActivations:
     """The top-k hidden-state magnitudes of each layer and its median (module docstring).
 
@@ -229,6 +233,10 @@ def massive_activations(
         ratio: ... and above this times its layer's median.
         by: ``"pooled"`` (every token together, with the places of the top entries) or
             ``"sequence"`` (Sun et al.'s means over sequences; ``top`` then has no places).
+        progress: Show progress (default), each pass over ``tokens`` named with its total of
+            tokens (``massive activations pass 1/2 (top-k and median counts)``, ``pass 2/2
+            (exact median)``; one pass with ``by="sequence"``): a bar in a terminal or
+            notebook, lines in a log (``tl_neuronkinds.progress``); False for none.
 
     Returns:
         A ``MassiveActivations`` with ``by_sequence`` too. Deterministic: ties by (sequence,
@@ -257,17 +265,25 @@ def massive_activations(
     def second_pass(layer: int, hidden: torch.Tensor, first: int) -> None:
         medians[layer].refine(magnitudes(hidden, resid_post(layer)))
 
-    _forward_each_batch(model, tokens, chosen, batch, first_pass)
-    by_sequence = _by_sequence_table(per_sequence)
-    if by == "sequence":
-        median = dict(zip(chosen, by_sequence["median"].tolist(), strict=True))
-        table = _sequence_top_table(by_sequence, magnitude, ratio)
-    else:
-        for counter in medians.values():
-            counter.plan()
-        _forward_each_batch(model, tokens, chosen, batch, second_pass)
-        median = {layer: medians[layer].median() for layer in chosen}
-        table = _top_table(model, tokens, top, median, magnitude, ratio)
+    bar = Progress(0, enabled=progress)
+    n_passes = 1 if by == "sequence" else 2
+    first_name = "top-k and median counts" if by == "pooled" else "per-sequence top-k and medians"
+    try:
+        bar.set_phase(f"massive activations pass 1/{n_passes} ({first_name})", tokens.numel())
+        _forward_each_batch(model, tokens, chosen, batch, first_pass, bar)
+        by_sequence = _by_sequence_table(per_sequence)
+        if by == "sequence":
+            median = dict(zip(chosen, by_sequence["median"].tolist(), strict=True))
+            table = _sequence_top_table(by_sequence, magnitude, ratio)
+        else:
+            for counter in medians.values():
+                counter.plan()
+            bar.set_phase("massive activations pass 2/2 (exact median)", tokens.numel())
+            _forward_each_batch(model, tokens, chosen, batch, second_pass, bar)
+            median = {layer: medians[layer].median() for layer in chosen}
+            table = _top_table(model, tokens, top, median, magnitude, ratio)
+    finally:
+        bar.close()
     return MassiveActivations(
         table,
         pd.DataFrame({"layer": chosen, "median": [median[layer] for layer in chosen]}),

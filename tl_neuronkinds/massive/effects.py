@@ -37,6 +37,7 @@ from tl_neuronkinds.loading.hook_names import resid_post
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.loading.tokens import check_tokens
 from tl_neuronkinds.massive.activations import BATCH_ROWS, MassiveActivations
+from tl_neuronkinds.progress import Progress
 
 INTERVENTIONS = ("none", "zero", "mean")
 #: Which entries ``massive_intervention`` sets (module docstring).
@@ -71,15 +72,29 @@ def _massive_mask(
     return hidden[..., dims].abs() > floor
 
 
-def _batches(tokens: torch.Tensor, batch_size: int | None, model: Any):
-    batch = BATCH_ROWS if batch_size is None else check_int("batch_size", batch_size, low=1)
+def _rows_per_batch(batch_size: int | None) -> int:
+    """``batch_size``, checked (default ``BATCH_ROWS``)."""
+    return BATCH_ROWS if batch_size is None else check_int("batch_size", batch_size, low=1)
+
+
+def _batches(tokens: torch.Tensor, batch: int, model: Any, bar: Progress):
+    """``tokens`` in batches of ``batch`` rows on the model's device, each counted by ``bar``
+    once used."""
     device = next(model.parameters()).device
     for first in range(0, tokens.shape[0], batch):
-        yield tokens[first : first + batch].to(device)
+        rows = tokens[first : first + batch]
+        yield rows.to(device)
+        bar.update(rows.numel())
 
 
 def _massive_means(
-    model: Any, tokens: torch.Tensor, layer: int, dims: list[int], floor: float, batch: int | None
+    model: Any,
+    tokens: torch.Tensor,
+    layer: int,
+    dims: list[int],
+    floor: float,
+    batch: int,
+    bar: Progress,
 ) -> torch.Tensor:
     """Each dimension's mean over the massive entries of ``tokens`` at ``layer`` (float64)."""
     total = torch.zeros(len(dims), dtype=torch.float64)
@@ -92,7 +107,7 @@ def _massive_means(
         count.add_(mask.sum((0, 1)).cpu())
 
     hooks = [(resid_post(layer), see)]
-    for rows in _batches(tokens, batch, model):
+    for rows in _batches(tokens, batch, model, bar):
         with torch.inference_mode(), stop_at(model, layer + 1):
             model.run_with_hooks(rows, fwd_hooks=hooks, stop_at_layer=layer + 1)
     if bool((count == 0).any()):
@@ -102,11 +117,15 @@ def _massive_means(
 
 
 def _perplexity(
-    model: Any, tokens: torch.Tensor, hooks: list[tuple[str, Callable]], batch: int | None
+    model: Any,
+    tokens: torch.Tensor,
+    hooks: list[tuple[str, Callable]],
+    batch: int,
+    bar: Progress,
 ) -> float:
     """exp of the mean next-token loss over every predicted position of ``tokens``."""
     total, count = 0.0, 0
-    for rows in _batches(tokens, batch, model):
+    for rows in _batches(tokens, batch, model, bar):
         with torch.inference_mode(), stop_at(model, None):
             loss = model.run_with_hooks(
                 rows, fwd_hooks=hooks, return_type="loss", loss_per_token=True
@@ -124,6 +143,7 @@ def massive_intervention(
     mean_tokens: torch.Tensor | None = None,
     batch_size: int | None = None,
     scheme: str = "threshold",
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Perplexity on ``tokens`` with the massive activations of their first layer unchanged,
     set to zero, and set to their mean (Sun et al. §3; module docstring).
@@ -139,6 +159,10 @@ def massive_intervention(
             ``"threshold"`` (the project's: every entry above the cut-off, wherever it lies)
             or ``"positions"`` (Sun et al.'s: the entries at the first token and at each
             sequence's top-1 position, whatever their size).
+        progress: Show progress (default), each pass named with its total of tokens
+            (``massive intervention pass 1/4 (means)`` over ``mean_tokens``, then one
+            perplexity pass over ``tokens`` per intervention): a bar in a terminal or notebook,
+            lines in a log (``tl_neuronkinds.progress``); False for none.
 
     Returns:
         One row per intervention (``"none"``, ``"zero"``, ``"mean"``): ``scheme``,
@@ -161,25 +185,49 @@ def massive_intervention(
         )
     layer, dims, floor = first_massive_layer(found)
     mean_rows = tokens if mean_tokens is None else check_tokens(mean_tokens, model)
+    batch = _rows_per_batch(batch_size)
+    bar = Progress(0, enabled=progress)
+    try:
+        return _intervene(model, tokens, mean_rows, scheme, (layer, dims, floor), batch, bar)
+    finally:
+        bar.close()
+
+
+def _intervene(
+    model: Any,
+    tokens: torch.Tensor,
+    mean_rows: torch.Tensor,
+    scheme: str,
+    where: tuple[int, list[int], float],
+    batch: int,
+    bar: Progress,
+) -> pd.DataFrame:
+    """``massive_intervention``'s passes: the means over ``mean_rows``, then the perplexity
+    over ``tokens`` per intervention, each a pass of ``bar``."""
+    layer, dims, floor = where
+    n_passes = 1 + len(INTERVENTIONS)
+    bar.set_phase(f"massive intervention pass 1/{n_passes} (means)", mean_rows.numel())
     zeros = torch.zeros(len(dims), dtype=torch.float64)
     setters: dict[str, tuple[Callable, list[float], list[float]]] = {}
     if scheme == "threshold":
-        means = _massive_means(model, mean_rows, layer, dims, floor, batch_size)
+        means = _massive_means(model, mean_rows, layer, dims, floor, batch, bar)
         for name, values in (("zero", zeros), ("mean", means)):
             setters[name] = (_setter(dims, floor, values), values.tolist(), [])
     else:
-        first, top = _position_means(model, mean_rows, layer, dims, batch_size)
+        first, top = _position_means(model, mean_rows, layer, dims, batch, bar)
         setters["zero"] = (_position_setter(dims, zeros, zeros), [0.0] * len(dims), zeros.tolist())
         top_list = [] if top is None else top.tolist()
         setters["mean"] = (_position_setter(dims, first, top), first.tolist(), top_list)
     rows = []
-    for name in INTERVENTIONS:
+    for index, name in enumerate(INTERVENTIONS):
         hooks: list[tuple[str, Callable]] = []
         value: list[float] = []
         value_top: list[float] = []
         if name in setters:
             hook, value, value_top = setters[name]
             hooks = [(resid_post(layer), hook)]
+        phase = f"massive intervention pass {index + 2}/{n_passes} (perplexity, {name})"
+        bar.set_phase(phase, tokens.numel())
         rows.append(
             {
                 "scheme": scheme,
@@ -188,7 +236,7 @@ def massive_intervention(
                 "dims": dims,
                 "value": value,
                 "value_top": value_top,
-                "perplexity": _perplexity(model, tokens, hooks, batch_size),
+                "perplexity": _perplexity(model, tokens, hooks, batch, bar),
             }
         )
     table = pd.DataFrame(rows)
@@ -213,7 +261,7 @@ def _top_positions(hidden: Float[torch.Tensor, "batch pos d_model"]) -> Int[torc
 
 
 def _position_means(
-    model: Any, tokens: torch.Tensor, layer: int, dims: list[int], batch: int | None
+    model: Any, tokens: torch.Tensor, layer: int, dims: list[int], batch: int, bar: Progress
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(first, top)``: per dimension, the mean over the rows of ``tokens`` of the entry at
     the first token, and over the rows whose top-1 lies past it of the entry at the top-1
@@ -231,7 +279,7 @@ def _position_means(
         counts[1] += later.numel()
 
     hooks = [(resid_post(layer), see)]
-    for rows in _batches(tokens, batch, model):
+    for rows in _batches(tokens, batch, model, bar):
         with torch.inference_mode(), stop_at(model, layer + 1):
             model.run_with_hooks(rows, fwd_hooks=hooks, stop_at_layer=layer + 1)
     return first / counts[0], (top / counts[1] if counts[1] else None)
@@ -262,10 +310,18 @@ def _position_setter(dims: list[int], first: torch.Tensor, top: torch.Tensor | N
 
 
 def massive_attention(
-    model: Any, found: MassiveActivations, tokens: torch.Tensor, *, batch_size: int | None = None
+    model: Any,
+    found: MassiveActivations,
+    tokens: torch.Tensor,
+    *,
+    batch_size: int | None = None,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Per layer and head, the share of attention probability that goes to positions holding
     a massive activation at the first layer that has them (Sun et al. §4; module docstring).
+
+    ``progress``: show progress (default; one pass over ``tokens``, ``massive attention pass
+    1/1``, as ``massive_intervention``); False for none.
 
     Returns:
         One row per (layer, head): ``layer``, ``head``, ``share`` (the mean over every query
@@ -280,11 +336,16 @@ def massive_attention(
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     share = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     queries, n_massive = 0, 0
-    for rows in _batches(tokens, batch_size, model):
-        mask = _massive_positions(model, rows, layer, dims, floor)
-        n_massive += int(mask.sum())
-        _add_attention_share(model, rows, mask, share)
-        queries += rows.shape[0] * rows.shape[1]
+    batch = _rows_per_batch(batch_size)
+    bar = Progress(tokens.numel(), enabled=progress, phase="massive attention pass 1/1")
+    try:
+        for rows in _batches(tokens, batch, model, bar):
+            mask = _massive_positions(model, rows, layer, dims, floor)
+            n_massive += int(mask.sum())
+            _add_attention_share(model, rows, mask, share)
+            queries += rows.shape[0] * rows.shape[1]
+    finally:
+        bar.close()
     grid = np.indices((n_layers, n_heads)).reshape(2, -1)
     return pd.DataFrame(
         {

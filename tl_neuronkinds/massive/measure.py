@@ -17,13 +17,20 @@ def measure_massive(
     magnitude: float = MAGNITUDE,
     ratio: float = RATIO,
     scheme: str = "threshold",
+    *,
+    progress: bool | None = None,
 ) -> Any:
     """``massive_activations`` over ``tokens`` (pooled, with Sun et al.'s per-sequence means in
     ``by_sequence``), with the effects where any is massive: the intervention (``scheme`` as
     ``massive_intervention``'s), its mean over the first half of the rows, its perplexity over
-    the second half (Sun et al. 2024, §3), and the attention on them over every row (§4)."""
+    the second half (Sun et al. 2024, §3), and the attention on them over every row (§4).
+
+    ``progress``: show progress (default; False for none): each pass named with its total of
+    tokens, ``massive activations pass 1/2`` and ``2/2``, then where anything is massive
+    ``massive intervention pass 1/4`` to ``4/4`` and ``massive attention pass 1/1``
+    (``tl_neuronkinds.progress``)."""
     found = massive_activations(
-        model, tokens, k, batch_size=batch, magnitude=magnitude, ratio=ratio
+        model, tokens, k, batch_size=batch, magnitude=magnitude, ratio=ratio, progress=progress
     )
     if not found.top["massive"].any():
         return found
@@ -31,16 +38,23 @@ def measure_massive(
     mean_rows, held_out = (tokens[:half], tokens[half:]) if tokens.shape[0] > 1 else (tokens,) * 2
     return found.with_effects(
         massive_intervention(
-            model, found, held_out, mean_tokens=mean_rows, batch_size=batch, scheme=scheme
+            model,
+            found,
+            held_out,
+            mean_tokens=mean_rows,
+            batch_size=batch,
+            scheme=scheme,
+            progress=progress,
         ),
-        massive_attention(model, found, tokens, batch_size=batch),
+        massive_attention(model, found, tokens, batch_size=batch, progress=progress),
     )
 
 
-def massive_for_report(model: Any, tokens: Any) -> Any:
+def massive_for_report(model: Any, tokens: Any, *, progress: bool | None = None) -> Any:
     """What a run's report shows of massive activations: ``measure_massive`` over the first rows
-    of ``tokens`` (up to ``REPORT_TOKENS``), at the paper's thresholds; None without tokens."""
+    of ``tokens`` (up to ``REPORT_TOKENS``), at the paper's thresholds; None without tokens.
+    ``progress`` as ``measure_massive``'s."""
     if tokens is None:
         return None
     rows = max(1, REPORT_TOKENS // tokens.shape[1])
-    return measure_massive(model, tokens[:rows])
+    return measure_massive(model, tokens[:rows], progress=progress)

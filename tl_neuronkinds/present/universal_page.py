@@ -20,19 +20,24 @@ def _table(frame: pd.DataFrame) -> str:
 
 
 def universal_section(found: UniversalNeurons) -> str:
-    """The universal-neurons section: what was compared, the share of universal neurons and
-    the correlations by layer, the families against all neurons, the most universal neurons."""
+    """The universal-neurons section: what was compared (with ``support_warning()`` where too
+    few positions support the correlations), the share of universal neurons and the
+    correlations by layer, the families against all neurons, and the most universal neurons
+    among those active at ``min_active`` text positions at least."""
     layers = found.layers().set_index("layer")
     table = found.table
     n_universal = int(table["universal"].sum())
     others = ", ".join(html.escape(name) for name in found.models[1:])
-    top = table.sort_values(["excess", "layer", "neuron"], ascending=[False, True, True])
+    supported = table[table["active"] >= found.min_active]
+    top = supported.sort_values(["excess", "layer", "neuron"], ascending=[False, True, True])
+    warning = found.support_warning()
     shown = [
         "layer",
         "neuron",
         "max_corr",
         "baseline_max_corr",
         "excess",
+        "active",
         "act_kurt",
         "sparsity",
         "vocab_kurt",
@@ -43,8 +48,11 @@ def universal_section(found: UniversalNeurons) -> str:
         f"<p>Gurnee et al. 2024: each neuron of {html.escape(found.models[0])} against every "
         f"neuron of {others}, over {found.tokens:,} text tokens. A neuron is universal where "
         f"its best correlation exceeds that against an orthogonally rotated basis by more "
-        f"than {found.threshold:g} (averaged over the other models): {n_universal} of "
-        f"{len(table)} neurons.</p>",
+        f"than {found.threshold:g} (averaged over the other models), and it is active at "
+        f"{found.min_active:,} text positions at least: {n_universal} of {len(table)} "
+        f"neurons. {found.n_unsupported:,} neurons fire at fewer positions and are left "
+        "out.</p>",
+        f'<p class="nk-note nk-warning">{html.escape(warning)}</p>' if warning else "",
         plots.layer_bars("universal-share", {"universal": layers["share"] * 100}, "% of neurons"),
         "<p><b>Universal neurons by layer</b>: the percentage of each layer's neurons.</p>",
         plots.layer_line(
@@ -62,7 +70,9 @@ def universal_section(found: UniversalNeurons) -> str:
         "universal neurons against the rest (Gurnee et al. §4; prediction, suppression and "
         "partition: shares).</p>",
         _table(found.families()),
-        f"<h3>Most universal</h3>{_table(top[shown].head(SHOWN))}",
+        "<h3>Most universal</h3><p>The neurons active at "
+        f"{found.min_active:,} text positions at least, by excess correlation.</p>",
+        _table(top[shown].head(SHOWN)),
         "</section>",
     ]
     return "".join(parts)

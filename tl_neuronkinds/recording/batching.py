@@ -1,4 +1,4 @@
-"""The plumbing of a recording run (``record.py``): forwarding rows in batches under a recorder,
+"""The plumbing of a recording run (``record_run.py``): forwarding rows in batches under a recorder,
 batch sizes, checkpoint intervals, and the ranks of ``torch.distributed``.
 """
 
@@ -10,9 +10,9 @@ import torch
 
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.streaming import stop_at
+from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.plan import Plan
 from tl_neuronkinds.recording.profile import NeuronProfile
-from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.recorder import NeuronRecorder
 
 #: Tokens per forward when batch_size is None: the paper's 64k-token chunks on a GPU; less on a CPU.

@@ -30,6 +30,7 @@ from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.loading.hook_names import mlp_post
 from tl_neuronkinds.loading.streaming import stop_at
 from tl_neuronkinds.loading.tokens import bos_of, check_tokens
+from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.recorder import check_layers
 from tl_neuronkinds.universal.rotations import Rotations
 from tl_neuronkinds.universal.sums import ShiftedSums, correlations_in_place
@@ -104,7 +105,11 @@ def check_same_tokenizer(model_a: Any, model_b: Any) -> None:
 @dataclass
 class CorrelationPasses:
     """Everything fixed for one ``neuron_correlations`` call, and the activations it keeps
-    between passes: those of the first batches, while they fit in ``cache`` bytes (0: none)."""
+    between passes: those of the first batches, while they fit in ``cache`` bytes (0: none).
+
+    ``bar`` shows each pass (``tiles``) as ``{label} pass i/n``, counting text positions;
+    ``active`` counts, per column of A, the text positions where its activation is above 0
+    (filled tile by tile)."""
 
     a: NeuronColumns
     b: NeuronColumns
@@ -116,6 +121,12 @@ class CorrelationPasses:
     cache: int = 0
     kept: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     filled: bool = False
+    bar: Progress = field(default_factory=lambda: Progress(0, enabled=False))
+    label: str = "correlations"
+    active: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.active = torch.zeros(self.a.size, dtype=torch.int64)
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Per batch of rows holding a text position: the rows and where their text is."""
@@ -155,15 +166,28 @@ class CorrelationPasses:
         bounds = [positions * i // count for i in range(count + 1)]
         return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
-    def rotate(self, b: Float[torch.Tensor, "rows n_b"]) -> Float[torch.Tensor, "rows n_b"]:
+    def rotate(
+        self, b: Float[torch.Tensor, "rows n_b"], counted: bool = False
+    ) -> Float[torch.Tensor, "rows n_b"]:
         """Each layer's block of B's columns times its rotation: B's (centred) activations
-        rotated, or, being linear, sums of A's products with them from those with B's own."""
+        rotated, or, being linear, sums of A's products with them from those with B's own
+        (``counted``: a step of ``bar`` per layer)."""
         d = self.b.d_mlp
         out = torch.empty_like(b)
         assert self.rotations is not None
         for i, rotation in enumerate(self.rotations):
             out[:, i * d : (i + 1) * d] = b[:, i * d : (i + 1) * d] @ rotation
+            if counted:
+                self.bar.update(1)
         return out
+
+    def draw_rotations(self, seed: int, memory: int) -> None:
+        """B's rotations for the baseline, drawn from ``seed`` (held in memory where they take
+        at most ``memory`` bytes, else read from a temporary file per use), shown as a step of
+        ``bar``."""
+        self.bar.set_phase(f"{self.label}: the baseline's rotations", 1, unit="step")
+        self.rotations = Rotations(len(self.b.layers), self.b.d_mlp, seed, self.device, memory)
+        self.bar.update(1)
 
     def tiles(
         self, tile: int
@@ -171,14 +195,19 @@ class CorrelationPasses:
         """Per tile of A's columns (one pass over the tokens each): the columns, their
         correlations with B's neurons, and (where the run has rotations) with B's rotated ones."""
         b_moments = r_moments = None
-        for start in range(0, self.a.size, tile):
+        n_passes = -(-self.a.size // tile)
+        text = int((self.tokens != self.bos).sum())
+        for index, start in enumerate(range(0, self.a.size, tile)):
             cols = slice(start, min(start + tile, self.a.size))
+            where = f"{self.label} pass {index + 1}/{n_passes}"
+            self.bar.set_phase(where, text, unit="tok")
             products, a_moments, b_moments, r_moments = one_pass(self, cols, b_moments, r_moments)
-            rotated = (
-                correlations_in_place(self.rotate(products), a_moments, r_moments)
-                if r_moments is not None
-                else None
-            )
+            rotated = None
+            if r_moments is not None:
+                steps = len(self.b.layers) + 1  # the rotation's layers, then the caller's step
+                self.bar.set_phase(f"{where}: baseline and matches", steps, unit="step")
+                rotated = self.rotate(products, counted=True)
+                correlations_in_place(rotated, a_moments, r_moments)
             yield cols, correlations_in_place(products, a_moments, b_moments), rotated
             del products, rotated
 
@@ -196,13 +225,10 @@ def prepare_passes(
     layers_b: Sequence[int] | None,
     k: object,
     batch_size: object,
-    seed: int | None,
     bos_token_id: int | None,
-    memory: int,
 ) -> tuple[CorrelationPasses, int]:
-    """The checked inputs as a ``CorrelationPasses``, its rotations drawn from ``seed`` (None:
-    no baseline, no rotations; held in memory where they take at most ``memory`` bytes, else
-    read from a temporary file per use), and ``k``."""
+    """The checked inputs as a ``CorrelationPasses`` without rotations (no baseline until
+    ``draw_rotations``), and ``k``."""
     check_same_tokenizer(model_a, model_b)
     bos = bos_of(model_a, bos_token_id)
     check_tokens(tokens, model_a, bos)
@@ -216,8 +242,7 @@ def prepare_passes(
         batch_size = max(1, min(-(-BATCH_POSITIONS // seq_len), BATCH_BYTES // row_bytes))
     batch = check_int("batch_size", batch_size, low=1)
     device = next(model_a.parameters()).device
-    rotations = None if seed is None else Rotations(len(b.layers), b.d_mlp, seed, device, memory)
-    return CorrelationPasses(a, b, tokens, bos, batch, device, rotations), k
+    return CorrelationPasses(a, b, tokens, bos, batch, device, None), k
 
 
 def one_pass(
@@ -234,6 +259,7 @@ def one_pass(
     products = torch.zeros(tile, passes.b.size, dtype=torch.float64, device=passes.device)
     a_moments: ShiftedSums | None = None
     for a_batch, b_batch in passes.activations(cols.stop):
+        passes.active[cols] += (a_batch[:, cols] > 0).sum(dim=0).cpu()
         for chunk in passes.chunks(a_batch.shape[0], tile):
             # copies (copy=True: a float64 model's kept activations must not be shifted)
             a = a_batch[chunk, cols].to(passes.device, torch.float64, copy=True)
@@ -254,6 +280,7 @@ def one_pass(
                     )
                 r_moments.add(passes.rotate(b))
             products.addmm_(a.T, b)
+        passes.bar.update(a_batch.shape[0])
     if a_moments is None or b_moments is None:
         raise NeuronKindsError("tokens hold no text position (every token is BOS)")
     return products, a_moments, b_moments, r_moments

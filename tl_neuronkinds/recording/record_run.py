@@ -31,6 +31,7 @@ import torch
 
 from tl_neuronkinds.loading.identity import model_identity
 from tl_neuronkinds.loading.tokens import check_tokens
+from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.batching import (
     batch_size_for,
     checkpoint_rows,
@@ -54,7 +55,6 @@ from tl_neuronkinds.recording.plan import (
     unknown_plan,
 )
 from tl_neuronkinds.recording.profile import NeuronProfile
-from tl_neuronkinds.progress import Progress
 from tl_neuronkinds.recording.recorder import NeuronRecorder, check_layers, tokens_digest
 from tl_neuronkinds.recording.settings import (
     DEFAULT_CAP,
@@ -108,8 +108,11 @@ def record(
             None keeps every neuron's (memory grows with tokens: small runs only).
         batch_size: Sequences per forward (default: about 64k tokens on a GPU, 16k on a CPU).
         corpus: A description of the corpus, stored with the profile.
-        progress: Show progress (default: a bar in a terminal or notebook, a line every 30 s
-            in a log); False for none.
+        progress: Show progress (default): each pass named with its own total of tokens
+            (``record pass 1/2 (plan sample)``, ``record pass 2/2 (record)``, ``record extra
+            pass (repair)``), as a bar in a terminal or notebook, or in a log as lines when
+            it starts, every 30 s (``TL_NEURONKINDS_PROGRESS_SECONDS``) and when it ends
+            (``tl_neuronkinds.progress``); False for none.
         bos_token_id: BOS id; default: the model's tokenizer's.
         plan: Use this plan (layer -> bool mask, e.g. ``other_profile.plan``) instead of
             choosing one; neurons it misses are still recounted.
@@ -161,6 +164,9 @@ def record(
         }
         ckpt = RunCheckpoint(checkpoint_dir, identity, rank, world_size)
         if ckpt.finished:
+            Progress(0, enabled=progress is not False and rank == 0).note(
+                f"record: already done, the profile saved in {checkpoint_dir}"
+            )
             return ckpt.final()
     run = RecordingPasses(
         model,
@@ -178,7 +184,7 @@ def record(
         plan, expected = ckpt.plan()
     need_sample = settings.capped and plan is None
     sample = _sample_rows(tokens.shape[0], seq_len)
-    run.open_progress(sample[rank::world_size].numel() * seq_len if need_sample else 0, progress)
+    run.open_progress(["plan sample", "record"] if need_sample else ["record"], progress)
     try:
         if need_sample:
             plan, expected = run.plan_pass(sample)
@@ -229,30 +235,33 @@ class RecordingPasses:
         self.done_rows = ckpt.rows_done if ckpt else 0
         self.passes: dict[str, dict[str, Any]] = {}
         self.bar = Progress(0, enabled=False)
+        self.planned: list[str] = []
 
     def seconds(self) -> float:
         """Seconds this run has taken, every session of a resumed run included."""
         return self.earlier + time.perf_counter() - self.start
 
-    def open_progress(self, sample_tokens: int, progress: bool | None) -> None:
-        seq_len = self.tokens.shape[1]
-        self.bar = Progress(
-            sample_tokens + self.local.numel(),
-            initial=self.done_rows * seq_len,
-            enabled=(progress is not False) and self.rank == 0,
-        )
-        if self.done_rows:
-            remain = (self.local.shape[0] - self.done_rows) * seq_len * self.world_size
-            self.bar.note(
-                f"resuming: {self.done_rows * seq_len * self.world_size:,} tokens already "
-                f"recorded, {remain:,} remain"
-            )
+    def open_progress(self, planned: list[str], progress: bool | None) -> None:
+        """One display for the run (rank 0 only), its ``planned`` passes each counted out of
+        the tokens it forwards (``begin``)."""
+        self.planned = planned
+        self.bar = Progress(0, enabled=(progress is not False) and self.rank == 0)
+
+    def begin(self, name: str, total: int, initial: int = 0) -> None:
+        """Start the display's next pass: ``record pass i/n (name)`` (``extra pass`` for one
+        beyond those planned, the repair), counting ``total`` tokens of this rank's rows."""
+        if name in self.planned:
+            where = f"pass {self.planned.index(name) + 1}/{len(self.planned)}"
+        else:
+            where = "extra pass"
+        ranks = f", rank 0 of {self.world_size}" if self.world_size > 1 else ""
+        self.bar.set_phase(f"record {where} ({name}{ranks})", total, initial=initial)
 
     def plan_pass(self, sample: torch.Tensor) -> tuple[Plan, Expected]:
         """The unigram sample: the plan and each neuron's projected activations."""
-        self.bar.set_phase("plan")
         t0 = time.perf_counter()
         rows = self.tokens[sample[self.rank :: self.world_size]]
+        self.begin("plan sample", rows.numel())
         recorder = self._recorder(self.settings.unigram_sample())
         record_rows(recorder, self.model, rows, self.batch, self.bar)
         sampled = gather(recorder.profile() if rows.shape[0] else None, self.world_size)
@@ -268,9 +277,15 @@ class RecordingPasses:
 
     def record_pass(self, plan: Plan | None, expected: Expected | None) -> NeuronProfile:
         """Every row: unigram and position counts for all, n >= 2 for the plan; reviews."""
-        self.bar.set_phase("record")
         t0 = time.perf_counter()
         ckpt, local = self.ckpt, self.local
+        if self.done_rows:
+            done, seq_len = self.done_rows * self.world_size, local.shape[1]
+            self.bar.note(
+                f"resuming: {done * seq_len:,} tokens already recorded, "
+                f"{(self.tokens.shape[0] - done) * seq_len:,} remain"
+            )
+        self.begin("record", local.numel(), self.done_rows * local.shape[1])
         segments = ckpt.segments() if ckpt else []
         capped = plan is not None
         carried = carried_tails(segments) if capped and segments else None
@@ -331,10 +346,9 @@ class RecordingPasses:
         self, profile: NeuronProfile, lacking: dict[int, dict[int, torch.Tensor]]
     ) -> None:
         """Every row again, up to the highest layer concerned: count the unknown neurons."""
-        self.bar.set_phase("repair")
-        self.bar.extend(self.local.numel())
         t0 = time.perf_counter()
         union = {layer: torch.stack(list(by_n.values())).any(0) for layer, by_n in lacking.items()}
+        self.begin("repair", self.local.numel())
         fixer = self._recorder(self.settings.without_examples(), sorted(lacking), plan=union)
         record_rows(fixer, self.model, self.local, self.batch, self.bar)
         repair = gather(fixer.profile() if self.local.shape[0] else None, self.world_size)
