@@ -1,6 +1,7 @@
 """`tl-neuronkinds`: outputs, resume after an interruption, one-line errors with nothing
 half-written, corpora of several files, and runs killed at several points."""
 
+import argparse
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -180,7 +182,11 @@ def test_every_jsonl_is_parsed_and_text_files_mix_in(checkpoint_dir, corpus_file
     second.write_text(json.dumps({"text": "a jsonl document " * 30}) + "\n")
     plain = tmp_path / "plain.txt"
     plain.write_text("a plain text document " * 30)
-    corpus = common.corpus([str(corpus_file), str(second), str(plain)])
+    corpus = common.corpus(
+        argparse.Namespace(
+            corpus=[str(corpus_file), str(second), str(plain)], suffix=None, glob=None
+        )
+    )
     docs = list(corpus)
     assert len(docs) == 6 and docs[4].startswith("a jsonl") and docs[5].startswith("a plain")
     assert not any(doc.startswith("{") for doc in docs)  # no JSON read as text
@@ -290,7 +296,7 @@ def test_a_token_count_rounded_up_to_whole_rows_is_said(
     checkpoint_dir, corpus_file, tmp_path, capsys
 ) -> None:
     assert cli.main(_args(checkpoint_dir, corpus_file, tmp_path / "o", "--tokens", "10")) == 0
-    note = "--tokens 10: recording 16 tokens, whole rows of --seq-len 16 (1 row)"
+    note = "--tokens 10: using 16 tokens, whole rows of --seq-len 16 (1 row)"
     assert note in capsys.readouterr().err
     assert nk.NeuronProfile.load(tmp_path / "o" / "profile").n_positions == 16
 
@@ -302,3 +308,52 @@ def test_classification_csv_keeps_one_row_per_line() -> None:
     csv = cli_run.csv_table(table).to_csv(index=False)
     assert csv.splitlines() == ["layer,neuron,triggers", "0,1,↵ |  the | a⇥b", "0,2,⟨U+200B⟩"]
     assert table["triggers"][0] == ["\n", " the", "a\tb"]  # the table itself is left as it was
+
+
+def test_report_without_matplotlib_names_the_extra_and_no_missing_option(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    # `report` has no --no-report: the error names the extra to install, and no option.
+    from tl_neuronkinds.present import plots
+
+    def missing() -> None:
+        raise nk.NeuronKindsError(f"drawing the figures needs matplotlib: {plots.EXTRA}")
+
+    monkeypatch.setattr(plots, "require_matplotlib", missing)
+    cli_run.write_run(tmp_path, {"model": "embedded"}, finished=True, report=True)
+    (tmp_path / "profile").mkdir()
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "--no" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_folder_corpus_skips_binary_files_with_a_note(tmp_path, capsys) -> None:
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("plain text here", encoding="utf-8")
+    (folder / "sub" / "b.md").write_text("more text", encoding="utf-8")
+    (folder / "c.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(range(256)))
+    (folder / "d.txt").write_bytes("caf\xe9".encode("latin-1"))
+
+    def namespace(**options: Any) -> argparse.Namespace:
+        return argparse.Namespace(corpus=[str(folder)], **{"suffix": None, "glob": None} | options)
+
+    everything = common.corpus(namespace())
+    assert sorted(everything) == ["more text", "plain text here"]
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "skipped 2 file(s)" in note
+    assert "c.gz" in note and "d.txt" in note
+    assert list(common.corpus(namespace(suffix=[".md"]))) == ["more text"]
+    assert list(common.corpus(namespace(glob="*.txt"))) == ["plain text here"]
+    with pytest.raises(nk.NeuronKindsError, match="--corpus"):
+        common.corpus(argparse.Namespace(corpus=["embedded"], suffix=[".md"], glob=None))
+
+
+def test_tokens_rounding_is_noted_for_massive_and_universal(tmp_path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for argv in (["massive", "--tokens", "10", "--no-page", "--out", str(tmp_path / "m")],):
+        done = subprocess.run(
+            [sys.executable, "-m", "tl_neuronkinds", *argv], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert "note: --tokens 10: using 256 tokens, whole rows of --seq-len 256" in done.stderr

@@ -13,7 +13,7 @@ from opt_fixtures import make_tiny_opt, random_tokens, tiny_tokenizer
 
 import tl_neuronkinds as nk
 from tl_neuronkinds import cli
-from tl_neuronkinds.compare.runs import ASSUMED, Run
+from tl_neuronkinds.comparison.runs import ASSUMED, Run
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::tl_neuronkinds.kinds.EvidenceWarning"),
@@ -358,7 +358,7 @@ def test_three_seeds_of_the_embedded_model_through_the_command_line(tmp_path, ca
 
 
 def test_a_comparison_without_its_page_says_how_to_draw_it(runs, tmp_path) -> None:
-    from tl_neuronkinds.compare import compare as compare_runs
+    from tl_neuronkinds.comparison import compare as compare_runs
 
     _, profiles, _, _ = runs
     bare = compare_runs(profiles)

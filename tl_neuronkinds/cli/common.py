@@ -16,6 +16,9 @@ from typing import Any
 from tl_neuronkinds.atomic import atomic_write, atomic_write_text
 from tl_neuronkinds.errors import NeuronKindsError
 
+#: How many skipped files a note names.
+SKIPPED_NAMED = 5
+
 
 # ------------------------------------------------------------------------------ argument types
 def integer(low: int = 1) -> Callable[[str], int]:
@@ -101,42 +104,102 @@ def embedded_seeds() -> list[str]:
     return [str(embedded_model_dir("standard", seed)) for seed in SEEDS]
 
 
-def corpus(spec: list[str]) -> Any:
-    """The corpus named on the command line: ``embedded`` (the held-out split), else every
-    ``.jsonl`` read as JSON Lines (field ``text``) and every other path as text files, in the
-    order given."""
+def add_corpus_options(
+    cmd: argparse.ArgumentParser, *, tokens: int | None, tokens_help: str
+) -> None:
+    """``--corpus``, ``--suffix``, ``--glob``, ``--tokens`` and ``--seq-len``, the same for every
+    subcommand that reads a corpus (``tokens``: the default of ``--tokens``, None for all)."""
+    cmd.add_argument(
+        "--corpus",
+        nargs="+",
+        default=["embedded"],
+        help="'embedded' (default), or text files / folders and .jsonl files (field 'text')",
+    )
+    cmd.add_argument(
+        "--suffix",
+        nargs="+",
+        default=None,
+        metavar="SUFFIX",
+        help="in folders, read only files ending so (e.g. .txt .md)",
+    )
+    cmd.add_argument(
+        "--glob",
+        default=None,
+        help="in folders, read only the paths matching this pattern (e.g. '**/*.md')",
+    )
+    cmd.add_argument("--tokens", type=integer(), default=tokens, help=tokens_help)
+    cmd.add_argument(
+        "--seq-len",
+        type=integer(low=2),
+        default=None,
+        help="sequence length (default: the context)",
+    )
+
+
+def corpus(args: argparse.Namespace) -> Any:
+    """The corpus named on the command line (``add_corpus_options``): ``embedded`` (the
+    held-out split), else every ``.jsonl`` read as JSON Lines (field ``text``) and every other
+    path as text files, in the order given. Files skipped in folders (binary, not UTF-8, or
+    left out by ``--suffix``/``--glob``) are counted in a note, the first few named."""
     from tl_neuronkinds.corpus import Corpus
 
+    spec: list[str] = args.corpus
     if spec == ["embedded"]:
+        if args.suffix or args.glob:
+            raise NeuronKindsError("--suffix and --glob choose files in folders: give --corpus")
         return Corpus.embedded(split="heldout")
     parts = []
     plain: list[str] = []
+
+    def files() -> None:
+        if plain:
+            parts.append(Corpus.from_files(plain, suffixes=args.suffix, glob=args.glob))
+            plain.clear()
+
     for item in spec:
         if item.endswith(".jsonl"):
-            if plain:
-                parts.append(Corpus.from_files(plain))
-                plain = []
+            files()
             parts.append(Corpus.from_jsonl(item, field="text"))
         else:
             plain.append(item)
-    if plain:
-        parts.append(Corpus.from_files(plain))
+    files()
+    skipped = [path for part in parts for path in part.skipped]
+    if skipped:
+        shown = ", ".join(str(path) for path in skipped[:SKIPPED_NAMED])
+        more = (
+            f", and {len(skipped) - SKIPPED_NAMED:,} more" if len(skipped) > SKIPPED_NAMED else ""
+        )
+        note(f"skipped {len(skipped):,} file(s) that are not UTF-8 text: {shown}{more}")
     if len(parts) == 1:
         return parts[0]
     docs = [doc for part in parts for doc in part]
     return Corpus(docs, " + ".join(part.description for part in parts))
 
 
+def tokenize(args: argparse.Namespace, corpus: Any, tokenizer: Any, n_ctx: int) -> Any:
+    """``corpus`` as rows of ``--seq-len`` (default ``n_ctx``) tokens, ``--tokens`` of them;
+    says so where ``--tokens`` was rounded to whole rows."""
+    seq_len = args.seq_len or n_ctx
+    tokens = corpus.tokenize(tokenizer, seq_len=seq_len, n_tokens=args.tokens, max_len=n_ctx)
+    if args.tokens is not None and tokens.numel() != args.tokens:
+        rows = tokens.shape[0]
+        note(
+            f"--tokens {args.tokens:,}: using {tokens.numel():,} tokens, whole rows of "
+            f"--seq-len {seq_len} ({rows} row{'s' if rows > 1 else ''})"
+        )
+    return tokens
+
+
 # ------------------------------------------------------------------------------ outputs
-def require_report(flag: str) -> None:
+def require_report(flag: str | None = None) -> None:
     """Fail before any work where a page cannot be drawn (matplotlib missing); ``flag`` is the
-    option that asks for no page."""
+    option that asks for no page, where the command has one."""
     from tl_neuronkinds.present.plots import require_matplotlib
 
     try:
         require_matplotlib()
     except NeuronKindsError as err:
-        raise NeuronKindsError(f"{err} (or pass {flag})") from None
+        raise NeuronKindsError(f"{err} (or pass {flag})" if flag else str(err)) from None
 
 
 def write_table(out: Path, name: str, table: Any) -> None:

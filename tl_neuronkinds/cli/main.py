@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import NoReturn
 
+from tl_neuronkinds.atomic import DiskFull
 from tl_neuronkinds.cli import compare, massive, report, run, universal
 from tl_neuronkinds.errors import NeuronKindsError
 
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         args.func(args)
+    except DiskFull as err:
+        # Every file is written under a temporary name and renamed: nothing is half-written.
+        print(f"tl-neuronkinds: error: {err}. {run.saved_note(args)}".rstrip(), file=sys.stderr)
+        return 2
     except NeuronKindsError as err:
         print(f"tl-neuronkinds: error: {err}", file=sys.stderr)
         return 2

@@ -23,18 +23,7 @@ def add_parsers(sub: Any) -> None:
     """The ``massive`` subcommand."""
     cmd = sub.add_parser("massive", help="massive activations (Sun et al. 2024) and their effects")
     cmd.add_argument("--model", default=None, help="checkpoint directory or hub id")
-    cmd.add_argument(
-        "--corpus", nargs="+", default=["embedded"], help="as for profile (default: embedded)"
-    )
-    cmd.add_argument(
-        "--tokens", type=common.integer(), default=65_536, help="tokens to look at (65536)"
-    )
-    cmd.add_argument(
-        "--seq-len",
-        type=common.integer(low=2),
-        default=None,
-        help="sequence length (default: the context)",
-    )
+    common.add_corpus_options(cmd, tokens=65_536, tokens_help="tokens to look at (65536)")
     cmd.add_argument(
         "--k", type=common.integer(), default=3, help="top magnitudes kept per layer (3)"
     )
@@ -79,12 +68,7 @@ def massive_command(args: argparse.Namespace) -> None:
     model = load_opt(
         args.model or common.embedded_model(), device=args.device, offload=args.offload
     )
-    tokens = common.corpus(args.corpus).tokenize(
-        model.tokenizer,
-        seq_len=args.seq_len or model.cfg.n_ctx,
-        n_tokens=args.tokens,
-        max_len=model.cfg.n_ctx,
-    )
+    tokens = common.tokenize(args, common.corpus(args), model.tokenizer, model.cfg.n_ctx)
     found = measure_massive(
         model,
         tokens,

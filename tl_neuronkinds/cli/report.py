@@ -49,7 +49,7 @@ def report_command(args: argparse.Namespace) -> None:
     if not is_run_dir(directory):
         raise NeuronKindsError(f"{directory.resolve()} is not a run directory: {HOLDS}")
     out = args.out if args.out is not None else directory / REPORT_FILE
-    common.require_report("--no-report")
+    common.require_report()
     name = read_run(directory).get("settings", {}).get("model")
     if not isinstance(name, str):
         raise NeuronKindsError(f"{directory / RUN_FILE} names no model")

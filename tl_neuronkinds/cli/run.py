@@ -75,21 +75,7 @@ def _profile_arguments(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--model", default=None, help="checkpoint directory or hub id (default: embedded model)"
     )
-    cmd.add_argument(
-        "--corpus",
-        nargs="+",
-        default=["embedded"],
-        help="'embedded', or text files / folders / globs and .jsonl files (field 'text')",
-    )
-    cmd.add_argument(
-        "--tokens", type=common.integer(), default=None, help="tokens to record (default: all)"
-    )
-    cmd.add_argument(
-        "--seq-len",
-        type=common.integer(low=2),
-        default=None,
-        help="sequence length (default: the context)",
-    )
+    common.add_corpus_options(cmd, tokens=None, tokens_help="tokens to record (default: all)")
     cmd.add_argument(
         "--layers",
         type=common.layer_list,
@@ -199,23 +185,17 @@ def profile_command(args: argparse.Namespace) -> None:
         common.require_report("--no-report")
     rank, world_size = _init_distributed()
 
-    from tl_neuronkinds import recording
     from tl_neuronkinds.loading import load_opt
     from tl_neuronkinds.loading.identity import model_identity
+    from tl_neuronkinds.recording.record_run import record
+    from tl_neuronkinds.recording.recorder import check_layers
 
     device = args.device or _rank_device(world_size)
     model = load_opt(args.model or common.embedded_model(), device=device, offload=args.offload)
     seq_len = args.seq_len or model.cfg.n_ctx
-    recording.recorder.check_layers(args.layers, model.cfg.n_layers)
-    corpus = common.corpus(args.corpus)
-    tokens = corpus.tokenize(
-        model.tokenizer, seq_len=seq_len, n_tokens=args.tokens, max_len=model.cfg.n_ctx
-    )
-    if args.tokens is not None and tokens.numel() != args.tokens:
-        common.note(
-            f"--tokens {args.tokens:,}: recording {tokens.numel():,} tokens, whole rows of "
-            f"--seq-len {seq_len} ({tokens.shape[0]} row{'s' if tokens.shape[0] > 1 else ''})"
-        )
+    check_layers(args.layers, model.cfg.n_layers)
+    corpus = common.corpus(args)
+    tokens = common.tokenize(args, corpus, model.tokenizer, model.cfg.n_ctx)
     settings = {
         "model": args.model or "embedded",
         **model_identity(model),
@@ -237,7 +217,7 @@ def profile_command(args: argparse.Namespace) -> None:
         f"{corpus.description}",
         file=sys.stderr,
     )
-    profile = recording.record(
+    profile = record(
         model,
         tokens,
         layers=args.layers,

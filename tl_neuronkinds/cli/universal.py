@@ -8,6 +8,7 @@ from typing import Any
 
 from tl_neuronkinds.cli import common
 from tl_neuronkinds.errors import NeuronKindsError
+from tl_neuronkinds.universal.settings import CACHE, EXCESS, MEMORY, MIN_ACTIVE
 
 PAGE = "universal.html"
 #: Tokens where ``--tokens`` is not given: the embedded models' correlations of 8,192 x 8,192
@@ -25,18 +26,7 @@ def add_parsers(sub: Any) -> None:
         help="two or more checkpoint directories or hub ids of one tokenizer, the first "
         "described (default: the embedded model, then its seeds 1 and 2)",
     )
-    cmd.add_argument(
-        "--corpus", nargs="+", default=["embedded"], help="as for profile (default: embedded)"
-    )
-    cmd.add_argument(
-        "--tokens", type=common.integer(), default=DEFAULT_TOKENS, help=f"tokens ({DEFAULT_TOKENS})"
-    )
-    cmd.add_argument(
-        "--seq-len",
-        type=common.integer(low=2),
-        default=None,
-        help="sequence length (default: the context)",
-    )
+    common.add_corpus_options(cmd, tokens=DEFAULT_TOKENS, tokens_help=f"tokens ({DEFAULT_TOKENS})")
     cmd.add_argument(
         "--layers",
         type=common.layer_list,
@@ -47,16 +37,30 @@ def add_parsers(sub: Any) -> None:
         "--k", type=common.integer(), default=5, help="best matches kept per neuron (5)"
     )
     cmd.add_argument(
-        "--threshold", type=common.positive, default=0.5, help="universal: mean excess above this"
+        "--threshold",
+        type=common.positive,
+        default=EXCESS,
+        help=f"universal: mean excess correlation above this (default: {EXCESS})",
     )
     cmd.add_argument(
-        "--memory", type=common.integer(), default=None, help="accumulator bytes at once (2 GiB)"
+        "--min-active",
+        type=common.integer(low=0),
+        default=MIN_ACTIVE,
+        metavar="N",
+        help="universal only where a neuron fires at N or more text positions "
+        f"(default: {MIN_ACTIVE})",
+    )
+    cmd.add_argument(
+        "--memory",
+        type=common.integer(),
+        default=MEMORY,
+        help=f"accumulator bytes at once (default: {MEMORY / 2**30:g} GiB)",
     )
     cmd.add_argument(
         "--cache",
         type=common.integer(low=0),
-        default=None,
-        help="bytes of activations kept between passes (4 GiB; 0: none)",
+        default=CACHE,
+        help=f"bytes of activations kept between passes (0: none; default: {CACHE / 2**30:g} GiB)",
     )
     cmd.add_argument(
         "--seed", type=common.integer(low=0), default=0, help="seed of the rotated baseline (0)"
@@ -77,11 +81,13 @@ def universal_command(args: argparse.Namespace) -> None:
     names = args.models or common.embedded_seeds()
     if len(names) < 2:
         raise NeuronKindsError("--models: give two or more models (the first is described)")
-    options: dict[str, Any] = {"k": args.k, "seed": args.seed, "batch_size": args.batch_size}
-    if args.memory is not None:
-        options["memory"] = args.memory
-    if args.cache is not None:
-        options["cache"] = args.cache
+    options: dict[str, Any] = {
+        "k": args.k,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "memory": args.memory,
+        "cache": args.cache,
+    }
     if not args.no_page:
         common.require_report("--no-page")
     from tl_neuronkinds.loading import load_opt
@@ -95,10 +101,10 @@ def universal_command(args: argparse.Namespace) -> None:
         check_layers(args.layers, models[0].cfg.n_layers)
         options["layers_a"] = args.layers
     n_ctx = min(model.cfg.n_ctx for model in models)
-    tokens = common.corpus(args.corpus).tokenize(
-        models[0].tokenizer, seq_len=args.seq_len or n_ctx, n_tokens=args.tokens, max_len=n_ctx
+    tokens = common.tokenize(args, common.corpus(args), models[0].tokenizer, n_ctx)
+    found = find_universal(
+        models, tokens, threshold=args.threshold, min_active=args.min_active, **options
     )
-    found = find_universal(models, tokens, threshold=args.threshold, **options)
     out.mkdir(parents=True, exist_ok=True)
     tables = {
         "universal": found.table,
@@ -108,6 +114,9 @@ def universal_command(args: argparse.Namespace) -> None:
     for name, table in tables.items():
         common.write_table(out, name, table)
     print(f"{found.tokens:,} text tokens; {found.models[0]} against {', '.join(found.models[1:])}")
+    warning = found.support_warning()
+    if warning is not None:
+        common.note(warning)
     print(found.layers().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(found.families().to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     written = ", ".join(f"{name}.csv/.parquet" for name in tables)

@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from tl_neuronkinds.compare import differences as diff
-from tl_neuronkinds.compare.runs import Run, load_model, resolve_runs
-from tl_neuronkinds.compare.tables import massive_table, run_tables, runs_table, stack
-from tl_neuronkinds.compare.tables import suppression_table as fig6_table
+from tl_neuronkinds.comparison import differences as diff
+from tl_neuronkinds.comparison.runs import Run, load_model, resolve_runs
+from tl_neuronkinds.comparison.tables import massive_table, run_tables, runs_table, stack
+from tl_neuronkinds.comparison.tables import suppression_table as fig6_table
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.kinds.cutoffs import Cutoffs
 
@@ -42,7 +42,7 @@ class Comparison:
         runs: One row per run: label, model name, depth (and where it was taken from), what it
             recorded, its directory and ``report.html``.
         differences: One row per setting on which the runs differ (``setting``, ``values``,
-            ``why``; ``compare/differences.py``).
+            ``why``; ``comparison/differences.py``).
         notes: What to know of single runs (layers not recorded, a depth assumed).
         cutoffs: The cut-offs every run was classified with.
         page: What draws the page (``present/compare_page.py``'s ``compare_page``, which
@@ -72,7 +72,7 @@ class Comparison:
 
         Raises:
             NeuronKindsError: A Comparison built without its page (``compare(..., page=None)``
-                from ``tl_neuronkinds.compare``; ``nk.compare`` gives it one).
+                from ``tl_neuronkinds.comparison``; ``nk.compare`` gives it one).
         """
         if self.page is None:
             raise NeuronKindsError(

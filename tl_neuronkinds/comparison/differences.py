@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from tl_neuronkinds.compare.runs import ASSUMED, Run
+from tl_neuronkinds.comparison.runs import ASSUMED, Run
 
 #: Token counts that differ by more than this factor are a difference.
 TOKEN_RATIO = 2.0

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tl_neuronkinds.compare.runs import Run
+from tl_neuronkinds.comparison.runs import Run
 from tl_neuronkinds.kinds.summaries import figure_tables
 
 #: The columns that start every table.

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from tl_neuronkinds.atomic import atomic_write, atomic_write_text
-from tl_neuronkinds.compare.comparison import Comparison
+from tl_neuronkinds.comparison.comparison import Comparison
 from tl_neuronkinds.present import plots
 from tl_neuronkinds.present.render import page
 

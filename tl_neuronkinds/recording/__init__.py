@@ -13,20 +13,42 @@ One idea per module, in the order the data flows:
 - ``top_k.py``: each neuron's streaming top-k activations and histogram; read back by
   ``queries.py`` (tables) and ``contexts.py`` (max-activating contexts);
 - ``plan.py``: the n-gram plan and its certificates (the cap stays exact);
-- ``record.py``: ``record()``, whole runs (the plan, record and repair passes, checkpoints
-  with ``checkpoint.py``, ``torch.distributed``), with ``batching.py`` and ``progress.py``;
+- ``record_run.py``: ``record()``, whole runs (the plan, record and repair passes, checkpoints
+  with ``checkpoint.py``, ``torch.distributed``), with ``batching.py`` (and the package's ``progress.py``);
 - ``profile.py``: ``NeuronProfile``, the result; ``profile_format.py`` its files (save, load,
   the format versions), ``merge.py`` its exact merge;
 - ``run_dir.py``: what a run directory of the command line holds.
 """
 
-from tl_neuronkinds.recording.accumulate import profile_from_activations
-from tl_neuronkinds.recording.contexts import max_activating_contexts
-from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
-from tl_neuronkinds.recording.queries import activation_histogram, top_activations
-from tl_neuronkinds.recording.record import record
-from tl_neuronkinds.recording.recorder import NeuronRecorder
-from tl_neuronkinds.recording.settings import RecordingSettings
+from typing import TYPE_CHECKING
+
+from tl_neuronkinds import lazy
+
+if TYPE_CHECKING:
+    from tl_neuronkinds.recording.accumulate import profile_from_activations
+    from tl_neuronkinds.recording.contexts import max_activating_contexts
+    from tl_neuronkinds.recording.profile import LayerCounts, NeuronProfile
+    from tl_neuronkinds.recording.queries import activation_histogram, top_activations
+    from tl_neuronkinds.recording.record_run import record
+    from tl_neuronkinds.recording.recorder import NeuronRecorder
+    from tl_neuronkinds.recording.settings import RecordingSettings
+
+# Imported when first used (``lazy.py``): the command line reads run_dir and settings without
+# loading torch.
+_NAMES = {
+    "profile_from_activations": "accumulate",
+    "max_activating_contexts": "contexts",
+    "LayerCounts": "profile",
+    "NeuronProfile": "profile",
+    "activation_histogram": "queries",
+    "top_activations": "queries",
+    "record": "record_run",
+    "NeuronRecorder": "recorder",
+    "RecordingSettings": "settings",
+}
+__getattr__, __dir__ = lazy.attach(
+    __name__, {name: f"{__name__}.{module}" for name, module in _NAMES.items()}
+)
 
 __all__ = [
     "LayerCounts",

@@ -26,7 +26,6 @@ from typing import Any
 
 from tl_neuronkinds.checks import check_int, is_int
 from tl_neuronkinds.errors import NeuronKindsError
-from tl_neuronkinds.loading.tokens import bos_of
 
 #: The n-gram cap of ``record`` and the command line (``NeuronRecorder`` keeps every neuron's).
 DEFAULT_CAP = 50
@@ -132,6 +131,8 @@ class RecordingSettings:
 
     def resolve_bos(self, model: Any) -> "RecordingSettings":
         """These settings with ``bos_token_id`` taken from ``model``'s tokenizer where None."""
+        from tl_neuronkinds.loading.tokens import bos_of  # torch: not for the command line's --help
+
         if self.bos_token_id is not None:
             return self
         return replace(self, bos_token_id=bos_of(model, None))
