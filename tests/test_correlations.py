@@ -206,6 +206,23 @@ def test_rotations_from_a_file_are_the_ones_held_in_memory() -> None:
         assert all(torch.equal(h, f) for h, f in pairs)
 
 
+def test_rotations_on_a_full_disk_are_one_error_naming_the_folder(monkeypatch) -> None:
+    import errno
+    import tempfile
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: Full())
+    with pytest.raises(nk.NeuronKindsError, match=r"no space left.*TMPDIR") as err:
+        Rotations(3, 40, seed=5, device=torch.device("cpu"), room=0)
+    assert tempfile.gettempdir() in str(err.value)
+
+
 def test_a_run_whose_rotations_outgrow_memory_reads_them_from_a_file(models, monkeypatch) -> None:
     """Rotations of 3 x 24^2 float64 (13,824 bytes) against memory of 11,520: on disk, and the
     table is the very one with the same tiles and the rotations held in memory."""

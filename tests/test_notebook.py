@@ -27,7 +27,7 @@ warnings.simplefilter("ignore", nk.EvidenceWarning)
 model = nk.load_opt(nk.embedded_model_dir(), device="cpu")
 corpus = nk.Corpus.embedded(split="heldout")
 tokens = corpus.tokenize(model.tokenizer, seq_len=model.cfg.n_ctx, n_tokens=1024)
-profile = nk.record(model, tokens, layers=[0, 1], progress=False)
+profile = nk.record(model, tokens, layers=[0, 1])  # its progress: a bar in the notebook
 analysis = nk.Analysis(profile)
 table = nk.classify(analysis)
 alive = table[~table.dead.fillna(True)].sort_values("count", ascending=False)
@@ -101,6 +101,8 @@ def test_notebook_carries_the_bundle_once_and_renders_offline(tmp_path: Path) ->
     path = tmp_path / "views.ipynb"
     nbformat.write(nb, path)
     bundle = len(render.bundle_script())
+    streams = "".join(o.get("text", "") for o in nb.cells[0].outputs)
+    assert "record pass 2/2 (record): 100%" in streams  # a text bar: no ipywidgets here
     outputs = [view_html(cell) for cell in nb.cells[1:]]
     assert [o.count("data-nk-bundle") for o in outputs] == [1] + [0] * (N_VIEWS - 1)
     assert all(len(o) < LATER_VIEW_BYTES for o in outputs[1:]), [len(o) for o in outputs]

@@ -275,3 +275,33 @@ def test_a_terminal_gets_one_bar_per_pass(monkeypatch, capsys) -> None:
     assert "pass 1/2 (a): 100%" in err and "8.00/8.00" in err  # tok: scaled (k, M)
     assert "pass 2/2 (b): 100%" in err and "3/3" in err and "already done" in err
     assert "a note" in err and "nan" not in err.lower()
+
+
+def test_a_disabled_display_prints_nothing_even_when_renamed(capsys) -> None:
+    bar = Progress(3, enabled=False, unit="step")
+    bar.set_phase("first")
+    bar.update(1)
+    bar.set_phase("second")
+    bar.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_notebook_without_ipywidgets_gets_the_text_bar(monkeypatch, capsys) -> None:
+    # tqdm.auto would warn "IProgress not found" in every such notebook.
+    import warnings
+
+    monkeypatch.setattr(progress_module, "_watched", lambda: True)
+    monkeypatch.setitem(sys.modules, "ipykernel", sys.modules.get("ipykernel", sys))
+    real_find_spec = progress_module.importlib.util.find_spec
+    monkeypatch.setattr(
+        progress_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ipywidgets" else real_find_spec(name, *a),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bar = Progress(0)
+        bar.set_phase("pass 1/1", 4)
+        bar.update(4)
+        bar.close()
+    assert "pass 1/1: 100%" in capsys.readouterr().err

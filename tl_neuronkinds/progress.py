@@ -1,7 +1,8 @@
 """Progress of long work (a recording, a measurement, a report): one display, whoever is watching.
 
-A terminal or a notebook gets a ``tqdm.auto`` bar; a log (stderr not a terminal: a batch job,
-CI, ``2> file``) gets plain lines, never a wall of carriage returns:
+A terminal or a notebook gets a tqdm bar (the notebook widget where ipywidgets is installed); a
+log (stderr not a terminal: a batch job, CI, ``2> file``) gets plain lines, never a wall of
+carriage returns:
 
 - one when a pass starts, with its name and its total (``record pass 2/2 (record): 0/284,416 tok
   (0%)``; a resumed run says where it resumes, or that nothing is left);
@@ -14,13 +15,12 @@ A run of several passes names each with its own total (``Progress.set_phase(name
 so that every count shown is out of what that pass really does.
 """
 
+import importlib.util
 import math
 import os
 import sys
 import time
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from tl_neuronkinds.errors import NeuronKindsError
 
@@ -34,6 +34,18 @@ def _watched() -> bool:
     if "ipykernel" in sys.modules:
         return True
     return sys.stderr is not None and sys.stderr.isatty()
+
+
+def _bar_class() -> Any:
+    """tqdm's notebook widget where a kernel can show it (ipywidgets installed), else its text
+    bar: ``tqdm.auto`` without ipywidgets warns ("IProgress not found") in every notebook."""
+    if "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm as auto
+
+        return auto
+    from tqdm.std import tqdm as text
+
+    return text
 
 
 def line_seconds(seconds: float | None = None) -> float:
@@ -108,7 +120,7 @@ class Progress:
                 self._begin()
             elif self._bar is not None:
                 self._bar.set_description(phase)
-            elif not self._ended:
+            elif self._plain and not self._ended:
                 self._line()
             return
         if self._started:
@@ -160,7 +172,7 @@ class Progress:
         if not self.enabled:
             return
         if not self._plain:
-            self._bar = tqdm(
+            self._bar = _bar_class()(
                 total=self.total,
                 initial=self.done,
                 unit=self.unit,

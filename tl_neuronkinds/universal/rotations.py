@@ -9,11 +9,14 @@ bytes; otherwise they are written once to a temporary file and read back one lay
 Either way the matrices are the same, drawn in order from one seeded generator.
 """
 
+import errno
 import tempfile
 from collections.abc import Iterator
 
 import torch
 from jaxtyping import Float
+
+from tl_neuronkinds.errors import NeuronKindsError
 
 
 def orthogonal(n: int, generator: torch.Generator) -> Float[torch.Tensor, "n n"]:
@@ -37,9 +40,20 @@ class Rotations:
         self._held: list[torch.Tensor] = []
         if self.on_disk:
             self._file = tempfile.TemporaryFile(prefix="tl_neuronkinds-rotations-")
-            for _ in range(count):
-                self._file.write(orthogonal(d, generator).numpy().tobytes())
-            self._file.flush()
+            try:
+                for _ in range(count):
+                    self._file.write(orthogonal(d, generator).numpy().tobytes())
+                self._file.flush()
+            except OSError as err:
+                self._file.close()
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise NeuronKindsError(
+                    f"the rotated baseline's {count} rotations need "
+                    f"{count * d * d * 8 / 2**30:.1f} GiB in a temporary file in "
+                    f"{tempfile.gettempdir()}: no space left on device; set TMPDIR to a "
+                    "roomier folder, or give more memory (--memory)"
+                ) from None
         else:
             self._held = [orthogonal(d, generator).to(device) for _ in range(count)]
 
