@@ -15,13 +15,14 @@ from typing import Any
 def attach(
     package: str, names: dict[str, str]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for ``package``: ``names[name]`` is the module (absolute)
-    that defines ``name``; the value is cached in the package once imported."""
+    """``__getattr__`` and ``__dir__`` for ``package``: ``names[name]`` is the module that
+    defines ``name`` (absolute, or relative to ``package`` where it starts with a dot); the value
+    is cached in the package once imported."""
 
     def __getattr__(name: str) -> Any:
         if name not in names:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(names[name]), name)
+        value = getattr(importlib.import_module(names[name], package), name)
         setattr(sys.modules[package], name, value)
         return value
 

@@ -36,19 +36,17 @@ if TYPE_CHECKING:
 # Imported when first used (``lazy.py``): the command line reads run_dir and settings without
 # loading torch.
 _NAMES = {
-    "profile_from_activations": "accumulate",
-    "max_activating_contexts": "contexts",
-    "LayerCounts": "profile",
-    "NeuronProfile": "profile",
-    "activation_histogram": "queries",
-    "top_activations": "queries",
-    "record": "record_run",
-    "NeuronRecorder": "recorder",
-    "RecordingSettings": "settings",
+    "profile_from_activations": ".accumulate",
+    "max_activating_contexts": ".contexts",
+    "LayerCounts": ".profile",
+    "NeuronProfile": ".profile",
+    "activation_histogram": ".queries",
+    "top_activations": ".queries",
+    "record": ".record_run",
+    "NeuronRecorder": ".recorder",
+    "RecordingSettings": ".settings",
 }
-__getattr__, __dir__ = lazy.attach(
-    __name__, {name: f"{__name__}.{module}" for name, module in _NAMES.items()}
-)
+__getattr__, __dir__ = lazy.attach(__name__, _NAMES)
 
 __all__ = [
     "LayerCounts",

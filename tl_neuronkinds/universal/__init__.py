@@ -20,17 +20,15 @@ if TYPE_CHECKING:
 
 # Imported when first used (``lazy.py``): the command line reads settings.py without torch.
 _NAMES = {
-    "correlation_matrix": "correlations",
-    "neuron_correlations": "correlations",
-    "universal_neurons": "correlations",
-    "UniversalNeurons": "families",
-    "find_universal": "families",
-    "bos_attention_scores": "weights",
-    "weight_stats": "weights",
+    "correlation_matrix": ".correlations",
+    "neuron_correlations": ".correlations",
+    "universal_neurons": ".correlations",
+    "UniversalNeurons": ".families",
+    "find_universal": ".families",
+    "bos_attention_scores": ".weights",
+    "weight_stats": ".weights",
 }
-__getattr__, __dir__ = lazy.attach(
-    __name__, {name: f"{__name__}.{module}" for name, module in _NAMES.items()}
-)
+__getattr__, __dir__ = lazy.attach(__name__, _NAMES)
 
 __all__ = [
     "UniversalNeurons",
