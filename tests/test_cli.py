@@ -215,9 +215,21 @@ def _env() -> dict[str, str]:
     }
 
 
+def _interruptible() -> None:
+    # A job started in the background by a non-interactive shell (nohup cmd &) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: Ctrl-C, as a user's
+    # terminal sends it, needs the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_and_wait(command: list[str], ready) -> subprocess.Popen:
     proc = subprocess.Popen(
-        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_interruptible,
     )
     deadline = time.monotonic() + 120
     while not ready() and proc.poll() is None and time.monotonic() < deadline:

@@ -194,7 +194,7 @@ def test_page_carries_the_bundle_once_and_requests_nothing() -> None:
     assert "<title>&lt;many&gt; &amp; widgets</title>" in text
     assert _remote_references(text) == []
     with pytest.raises(nk.NeuronKindsError, match="fragment"):
-        render.page("twice", [render.notebook_html(widgets[0])])
+        render.page("twice", [render.notebook_html(widgets[0], bundle=True)])
     (csp,) = [a for t, a in parse(text).tags if a.get("http-equiv") == "Content-Security-Policy"]
     assert "default-src 'none'" in csp["content"] and "connect-src 'none'" in csp["content"]
 
