@@ -247,11 +247,21 @@ def test_a_run_whose_rotations_outgrow_memory_reads_them_from_a_file(models, mon
     pd.testing.assert_frame_equal(filed, nk.neuron_correlations(a, b, tokens, **options))
 
 
-def test_more_models_average_the_excess(models) -> None:
+def test_more_models_average_the_excess(models, monkeypatch) -> None:
     a, b = models
     c, _ = permuted(a, seed=4)
     tokens = random_tokens(6, n_seq=8, seq_len=24, vocab=D_VOCAB)
+    drawn = []
+
+    class Counted(Rotations):
+        def __init__(self, *args: Any) -> None:
+            drawn.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(passes, "Rotations", Counted)
     mean = nk.universal_neurons([a, b, c], tokens, bos_token_id=BOS, seed=2)
+    assert len(drawn) == 1  # b and c have one shape: their rotations are drawn once
+    monkeypatch.undo()
     with_b = nk.neuron_correlations(a, b, tokens, bos_token_id=BOS, seed=2)
     with_c = nk.neuron_correlations(a, c, tokens, bos_token_id=BOS, seed=2)
     np.testing.assert_allclose(mean["excess"], (with_b["excess"] + with_c["excess"]) / 2)

@@ -34,7 +34,13 @@ import torch
 from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
 from tl_neuronkinds.progress import Progress
-from tl_neuronkinds.universal.passes import CorrelationPasses, NeuronColumns, prepare_passes
+from tl_neuronkinds.universal.passes import (
+    CorrelationPasses,
+    NeuronColumns,
+    RotationKey,
+    prepare_passes,
+)
+from tl_neuronkinds.universal.rotations import Rotations
 from tl_neuronkinds.universal.settings import CACHE, EXCESS, MEMORY, MIN_ACTIVE
 from tl_neuronkinds.universal.sums import TopMatches, row_moments
 
@@ -147,9 +153,11 @@ def _correlations(
     options: dict[str, Any],
     bar: Progress,
     label: str,
+    drawn: dict[RotationKey, Rotations] | None = None,
 ) -> pd.DataFrame:
     """``neuron_correlations`` with every option in ``options``, its passes shown on ``bar``
-    as ``label pass i/n``."""
+    as ``label pass i/n``; the baseline's rotations taken from ``drawn`` where another model
+    of the same shape drew them (``draw_rotations``)."""
     memory = check_int("memory", options["memory"], low=1)
     cache = check_int("cache", options["cache"], low=0)
     min_active = check_int("min_active", options["min_active"], low=0)
@@ -171,7 +179,7 @@ def _correlations(
             f"needs {_TILE_BYTES * passes.b.size}"
         )
     passes.cache = cache if tile < passes.a.size else 0  # one pass keeps nothing
-    passes.draw_rotations(options["seed"], memory)
+    passes.draw_rotations(options["seed"], memory, drawn)
     best, baseline, moments = [], [], []
     threshold = options["threshold"]
     for _, corr, rotated in passes.tiles(tile):
@@ -313,6 +321,7 @@ def universal_neurons(
     chosen = {**_OPTIONS, **options, "threshold": threshold, "min_active": min_active}
     others = models[1:]
     bar = Progress(0, enabled=progress)
+    drawn: dict[RotationKey, Rotations] = {}
     try:
         tables = [
             _correlations(
@@ -322,6 +331,7 @@ def universal_neurons(
                 chosen,
                 bar,
                 f"correlations with {other.cfg.model_name} ({j}/{len(others)})",
+                drawn,
             )
             for j, other in enumerate(others, start=1)
         ]

@@ -36,6 +36,9 @@ from tl_neuronkinds.universal.rotations import Rotations
 from tl_neuronkinds.universal.sums import ShiftedSums, correlations_in_place
 from tl_neuronkinds.vocab.readout import d_mlp_of
 
+#: What fixes a model B's rotations: its layers, d_mlp, the seed, the device and the memory.
+RotationKey = tuple[int, int, int, torch.device, int]
+
 #: Where ``batch_size`` is not given, each forward takes rows for at least this many positions
 #: (the sums' products run near the matrix-multiply rate only with many positions at once) ...
 BATCH_POSITIONS = 2048
@@ -181,13 +184,22 @@ class CorrelationPasses:
                 self.bar.update(1)
         return out
 
-    def draw_rotations(self, seed: int, memory: int) -> None:
+    def draw_rotations(
+        self, seed: int, memory: int, drawn: "dict[RotationKey, Rotations] | None" = None
+    ) -> None:
         """B's rotations for the baseline, drawn from ``seed`` (held in memory where they take
         at most ``memory`` bytes, else read from a temporary file per use), shown as a step of
-        ``bar``."""
+        ``bar``. ``drawn`` keeps them for the next model B of the same shape (one draw per run
+        of ``universal_neurons``: the same seed and shape give the same rotations)."""
+        key = (len(self.b.layers), self.b.d_mlp, seed, self.device, memory)
+        if drawn is not None and key in drawn:
+            self.rotations = drawn[key]
+            return
         self.bar.set_phase(f"{self.label}: the baseline's rotations", 1, unit="step")
-        self.rotations = Rotations(len(self.b.layers), self.b.d_mlp, seed, self.device, memory)
+        self.rotations = Rotations(*key)
         self.bar.update(1)
+        if drawn is not None:
+            drawn[key] = self.rotations
 
     def tiles(
         self, tile: int
