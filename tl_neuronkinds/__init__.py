@@ -166,7 +166,7 @@ _NAMES = {
     "vocab_projection": "tl_neuronkinds.vocab",
     "vocab_scores": "tl_neuronkinds.vocab",
 }
-_lazy_getattr, __dir__ = lazy.attach(__name__, _NAMES | {"compare": __name__})
+_lazy_getattr, _ = lazy.attach(__name__, _NAMES)
 
 
 def _compare() -> Any:
@@ -180,6 +180,10 @@ def _compare() -> Any:
         return compare_runs(runs, labels, cutoffs, page=compare_page, **options)
 
     return compare
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str) -> Any:

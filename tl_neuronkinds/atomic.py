@@ -79,7 +79,7 @@ def write_tensors(tensors: Mapping[str, Any], path: Path) -> None:
     try:
         save_file(dict(tensors), str(path))
     except Exception as err:
-        code = _full_code(err)
+        code = disk_full_code(err)
         if code is None:
             raise
         needed = sum(t.numel() * t.element_size() for t in tensors.values())
@@ -176,7 +176,7 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _full_code(err: BaseException) -> int | None:
+def disk_full_code(err: BaseException) -> int | None:
     """``ENOSPC`` or ``EDQUOT`` where ``err``, or an error it was raised from, reports one."""
     for current in _chain(err):
         if isinstance(current, OSError):
@@ -197,7 +197,7 @@ def _raise_if_full(err: BaseException, tmp: Path, target: Path, size: int | None
     if isinstance(err, DiskFull):  # from an atomic write inside this one's temporary directory
         path, reason, needed = err.path, err.reason, err.needed
     else:
-        code = _full_code(err)
+        code = disk_full_code(err)
         if code is None:
             return
         named = next((e for e in _chain(err) if isinstance(e, OSError) and e.filename), None)

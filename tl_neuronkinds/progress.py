@@ -183,20 +183,20 @@ class Progress:
                 self._bar.set_postfix_str("already done")
             return
         if self.done >= self.total:
-            self._print(f"{self._count()}, already done")
+            self._print(f"{self.phase}: {self._count()}, already done")
             self._ended = True
         elif self.done:
-            self._print(f"{self.phase}: resuming at {self._count()[len(self.phase) + 2 :]}")
+            self._print(f"{self.phase}: resuming at {self._count()}")
         else:
-            self._print(self._count())
+            self._print(f"{self.phase}: {self._count()}")
 
     def _count(self) -> str:
-        """``phase: done/total unit (percent)``, the percent rounded down (100 only when done)."""
+        """``done/total unit (percent)``, the percent rounded down (100 only when done)."""
         if self.total <= 0 or self.done >= self.total:
             percent = 100
         else:
             percent = min(99, math.floor(100 * self.done / self.total))
-        return f"{self.phase}: {self.done:,}/{self.total:,} {self.unit} ({percent}%)"
+        return f"{self.done:,}/{self.total:,} {self.unit} ({percent}%)"
 
     def _rate(self) -> tuple[float, float]:
         """(seconds since the pass started, units per second in it; 0 when unknown)."""
@@ -207,7 +207,7 @@ class Progress:
     def _line(self) -> None:
         self._last_line = time.monotonic()
         elapsed, rate = self._rate()
-        text = self._count()
+        text = f"{self.phase}: {self._count()}"
         if rate > 0:
             left = max(self.total - self.done, 0) / rate
             text += f", {_speed(rate, self.unit)}, about {left:,.0f} s left"
@@ -225,9 +225,8 @@ class Progress:
         if not self._plain:
             return
         elapsed, rate = self._rate()
-        count = self._count()
-        if self.done < self.total:
-            count = f"{self.phase}: stopped at {count[len(self.phase) + 2 :]}"
+        stopped = "stopped at " if self.done < self.total else ""
+        count = f"{self.phase}: {stopped}{self._count()}"
         speed = f", {_speed(rate, self.unit)}" if rate > 0 else ""
         self._print(f"{count} in {elapsed:,.1f} s{speed}")
 

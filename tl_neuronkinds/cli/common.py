@@ -139,8 +139,8 @@ def add_corpus_options(
 def corpus(args: argparse.Namespace) -> Any:
     """The corpus named on the command line (``add_corpus_options``): ``embedded`` (the
     held-out split), else every ``.jsonl`` read as JSON Lines (field ``text``) and every other
-    path as text files, in the order given. Files skipped in folders (binary, not UTF-8, or
-    left out by ``--suffix``/``--glob``) are counted in a note, the first few named."""
+    path as text files, in the order given. Files found in folders that are not text (binary,
+    not UTF-8; ``Corpus.skipped``) are counted in a note, the first few named."""
     from tl_neuronkinds.corpus import Corpus
 
     spec: list[str] = args.corpus

@@ -34,7 +34,6 @@ in ``report_sections.py``, the filter and the contents in ``report_nav.py``, the
 ``plots.py`` (matplotlib, the ``report`` extra).
 """
 
-import dataclasses
 import html
 import os
 from collections.abc import Callable
@@ -362,7 +361,6 @@ def _neuron_sections(
             analysis=run.analysis,
             contexts=contexts.get((layer, neuron)),
         )
-        view = dataclasses.replace(view, bos_token_id=run.profile.bos_token_id)
         out.append(
             f'<section class="nk-neuron" id="n-{layer}-{neuron}" '
             f"{attributes(view.kinds.iloc[0], view.triggers)}>"

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float, Int
 
 from tl_neuronkinds.checks import check_int
 from tl_neuronkinds.errors import NeuronKindsError
@@ -194,6 +195,17 @@ def _correlations(
     )
 
 
+def is_universal(
+    excess: Float[np.ndarray, " n"],
+    active: Int[np.ndarray, " n"],
+    threshold: float,
+    min_active: int,
+) -> Bool[np.ndarray, " n"]:
+    """Universal: an excess correlation above ``threshold`` (undefined: not) and at least
+    ``min_active`` active text positions (module docstring, "Support")."""
+    return (np.nan_to_num(excess, nan=-np.inf) > threshold) & (active >= min_active)
+
+
 def _table(
     passes: CorrelationPasses,
     best: list[TopMatches],
@@ -219,7 +231,7 @@ def _table(
             "match_neuron": _nullable(match_neuron[:, 0], defined[:, 0]),
             "baseline_max_corr": base,
             "excess": excess,
-            "universal": (np.nan_to_num(excess, nan=-np.inf) > threshold) & (active >= min_active),
+            "universal": is_universal(excess, active, threshold, min_active),
             "active": active,
             "top_corr": [list(v[d]) for v, d in zip(values, defined)],
             "top_layer": [list(m[d]) for m, d in zip(match_layer, defined)],
@@ -351,7 +363,7 @@ def universal_neurons(
             "max_corr": mean("max_corr"),
             "baseline_max_corr": mean("baseline_max_corr"),
             "excess": excess,
-            "universal": (np.nan_to_num(excess, nan=-np.inf) > threshold) & (active >= min_active),
+            "universal": is_universal(excess, active, threshold, min_active),
             "active": active,
             "excess_by_model": [list(row) for row in zip(*(t["excess"] for t in tables))],
         }

@@ -83,10 +83,10 @@ class UniversalNeurons:
             f"{rare:,} of the {firing:,} neurons that fire do so at fewer than "
             f"{self.min_active:,} of the {self.tokens:,} text positions"
         )
-        if self.n_left_out:
-            verbs = ("has", "is") if self.n_left_out == 1 else ("have", "are")
+        if left_out:
+            verbs = ("has", "is") if left_out == 1 else ("have", "are")
             text += (
-                f"; {self.n_left_out:,} of them {verbs[0]} an excess correlation above "
+                f"; {left_out:,} of them {verbs[0]} an excess correlation above "
                 f"{self.threshold:g} and {verbs[1]} left out of the universal neurons"
             )
         return (

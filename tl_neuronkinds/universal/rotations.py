@@ -9,13 +9,13 @@ bytes; otherwise they are written once to a temporary file and read back one lay
 Either way the matrices are the same, drawn in order from one seeded generator.
 """
 
-import errno
 import tempfile
 from collections.abc import Iterator
 
 import torch
 from jaxtyping import Float
 
+from tl_neuronkinds.atomic import disk_full_code
 from tl_neuronkinds.errors import NeuronKindsError
 
 
@@ -46,7 +46,7 @@ class Rotations:
                 self._file.flush()
             except OSError as err:
                 self._file.close()
-                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if disk_full_code(err) is None:
                     raise
                 raise NeuronKindsError(
                     f"the rotated baseline's {count} rotations need "
